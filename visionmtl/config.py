@@ -1,0 +1,405 @@
+"""Configuration: YAML files with ``_base_`` inheritance, ``--set a.b=v`` overrides, typed dataclasses.
+
+``load_config(path, overrides)`` reads a YAML file, deep-merges its ``_base_`` files (a string or
+a list, merged in order, then the file itself on top), applies overrides (values parsed as YAML
+scalars, so ``c.d=[1,2]`` is a list), and validates the result into :class:`Config`.
+
+Errors are :class:`ConfigError` with one line that names the key, the file that set it and,
+for an unknown key, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .paths import expand
+
+
+class ConfigError(ValueError):
+    """A problem with a configuration file or override; the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    weights: str = "none"  # none | imagenet | /path/to/file.pth
+    freeze_stages: int = 0  # 0 none, 1 stem, 2 stem+layer1, ... 5 everything
+    freeze_bn: bool = False
+    fpn_channels: int = 128
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+
+TASK_TYPES = ("classification", "detection", "segmentation")
+
+
+@dataclass
+class TaskConfig:
+    """One head. ``classes`` is the task's class list, declared once; datasets map into it."""
+
+    type: str
+    classes: list[str]
+    weight: float = 1.0
+    multilabel: bool = True  # classification: BCE over multi-hot labels, else CE
+    label_smoothing: float = 0.0  # classification, multi-class only
+    attr: Optional[str] = None  # classification: read target["attrs"][attr] instead of "labels"
+    head: dict[str, Any] = field(default_factory=dict)  # head keyword arguments
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset. Keys other than these go to the adapter's constructor (checked by name)."""
+
+    type: str  # coco | masks | folder | csv
+    tasks: list[str] = field(default_factory=list)  # task names this dataset labels
+    name: str = ""
+    class_map: dict[str, Optional[str]] = field(default_factory=dict)  # native -> task class (null = ignore)
+    ratio: float = 1.0  # sampling weight when several datasets are mixed
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    scale: list[float] = field(default_factory=lambda: [0.5, 1.5])  # random rescale range (train)
+    crop: bool = True  # random crop back to img_size after rescale (train)
+    hflip: float = 0.5
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
+    hue: float = 0.02
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    img_size: int = 256
+    batch_size: int = 16
+    val_batch_size: int = 0  # 0 = batch_size
+    workers: int = 2
+    on_bad_sample: str = "error"  # error | skip
+    train: list[DatasetConfig] = field(default_factory=list)
+    val: list[DatasetConfig] = field(default_factory=list)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    max_iters: int = 0  # 0 = epochs * iters per epoch; >0 stops early (tests, smoke runs)
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    schedule: str = "cosine"  # cosine | step | constant
+    steps: list[int] = field(default_factory=lambda: [8, 11])  # epochs, for schedule: step
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 0.0  # max grad norm; 0 disables
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    eval_interval: int = 1  # epochs
+    best_metric: str = "auto"  # e.g. det.mAP; auto = mean of each task's main metric
+    log_interval: int = 10
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+
+@dataclass
+class Config:
+    tasks: dict[str, TaskConfig]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    work_dir: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and merging
+# --------------------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: dict, src: dict, origin: dict, src_file: str, prefix: str = "") -> dict:
+    """Deep-merge ``src`` into ``dst`` and record which file set each key in ``origin``."""
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if k == "_delete_":
+            continue
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and not v.get("_delete_", False):
+            _merge(dst[k], v, origin, src_file, key + ".")
+        else:
+            dst[k] = _strip_delete(v)
+            _record(origin, key, v, src_file)
+    return dst
+
+
+def _strip_delete(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _strip_delete(x) for k, x in v.items() if k != "_delete_"}
+    return v
+
+
+def _record(origin: dict, key: str, v: Any, src_file: str) -> None:
+    origin[key] = src_file
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _record(origin, f"{key}.{k}", x, src_file)
+
+
+def load_yaml_tree(path: str | os.PathLike, origin: Optional[dict] = None, _seen: tuple = ()) -> dict:
+    """Read ``path`` with its ``_base_`` chain resolved (paths relative to the including file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: _base_ cycle through {' -> '.join(map(str, _seen))}")
+    origin = {} if origin is None else origin
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    merged: dict = {}
+    for b in bases:
+        base_tree = load_yaml_tree(path.parent / b, origin, _seen + (path,))
+        _merge(merged, base_tree, {}, "")
+    return _merge(merged, data, origin, str(path))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=1"`` -> (["a", "b"], 1); the value is parsed as a YAML scalar/flow value."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict, overrides: list[str], origin: dict) -> dict:
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = tree
+        for p in parts[:-1]:
+            if p.isdigit() and isinstance(node, list):
+                node = node[int(p)]
+                continue
+            if not isinstance(node.get(p), (dict, list)):
+                node[p] = {}
+            node = node[p]
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
+        _record(origin, ".".join(parts), value, "--set")
+    return tree
+
+
+def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> Config:
+    """Load, merge, override and validate a config file."""
+    origin: dict = {}
+    tree = load_yaml_tree(path, origin)
+    tree = apply_overrides(tree, overrides or [], origin)
+    cfg = from_dict(Config, tree, origin, default_file=str(Path(path).resolve()))
+    validate(cfg, origin, str(path))
+    return cfg
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
+    """Validate a plain dict (e.g. the resolved config stored in a checkpoint)."""
+    cfg = from_dict(Config, tree, {}, default_file=source)
+    validate(cfg, {}, source)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed conversion
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " | ".join(_type_name(a) for a in args)
+        return f"{inner} or null" if len(args) < len(typing.get_args(tp)) else inner
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is Any:
+        return "any"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _where(key: str, origin: dict, default_file: str) -> str:
+    parts = key.split(".")
+    while parts:
+        k = ".".join(parts)
+        if k in origin and origin[k]:
+            return origin[k]
+        parts.pop()
+    return default_file
+
+
+def _convert(tp: Any, value: Any, key: str, origin: dict, default_file: str) -> Any:
+    def fail() -> ConfigError:
+        return ConfigError(
+            f"{_where(key, origin, default_file)}: key '{key}' expects {_type_name(tp)}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+    origin_t = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin_t in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, key, origin, default_file)
+            except ConfigError:
+                pass
+        raise fail()
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail()
+        return from_dict(tp, value, origin, default_file, prefix=key + ".")
+    if origin_t is list:
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v, f"{key}.{i}", origin, default_file) for i, v in enumerate(value)]
+    if origin_t is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        _, inner = typing.get_args(tp)
+        return {str(k): _convert(inner, v, f"{key}.{k}", origin, default_file) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail()
+    raise fail()
+
+
+def from_dict(cls: type, data: dict, origin: dict, default_file: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict = {}
+    extra: dict = {}
+    for k, v in data.items():
+        k = str(k)
+        key = prefix + k
+        if k not in fields:
+            if cls is DatasetConfig:  # adapter arguments, checked against the adapter later
+                extra[k] = v
+                continue
+            close = difflib.get_close_matches(k, list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{_where(key, origin, default_file)}: unknown key '{key}'{hint}")
+        kwargs[k] = _convert(hints[k], v, key, origin, default_file)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_where(prefix.rstrip('.'), origin, default_file)}: missing required key '{prefix}{name}'")
+    obj = cls(**kwargs)
+    if cls is DatasetConfig:
+        obj.args = {**obj.args, **extra}
+    return obj
+
+
+def _choice(value: str, choices: tuple, key: str, origin: dict, file: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{_where(key, origin, file)}: key '{key}' must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def validate(cfg: Config, origin: dict, file: str) -> None:
+    """Cross-field checks beyond types: choices, class lists, dataset task names."""
+    if not cfg.tasks:
+        raise ConfigError(f"{file}: 'tasks' is empty; configure at least one head")
+    for name, t in cfg.tasks.items():
+        _choice(t.type, TASK_TYPES, f"tasks.{name}.type", origin, file)
+        if len(t.classes) == 0:
+            raise ConfigError(f"{_where(f'tasks.{name}.classes', origin, file)}: task '{name}': head has zero classes")
+        if len(set(t.classes)) != len(t.classes):
+            dup = sorted({c for c in t.classes if t.classes.count(c) > 1})
+            raise ConfigError(f"{_where(f'tasks.{name}.classes', origin, file)}: task '{name}' lists classes twice: {dup}")
+    for kind in ("detection", "segmentation"):
+        names = [n for n, t in cfg.tasks.items() if t.type == kind]
+        if len(names) > 1:
+            raise ConfigError(f"{file}: only one {kind} task is supported, got {names}")
+    _choice(cfg.data.on_bad_sample, ("error", "skip"), "data.on_bad_sample", origin, file)
+    _choice(cfg.train.optimizer, ("adamw", "sgd"), "train.optimizer", origin, file)
+    _choice(cfg.train.schedule, ("cosine", "step", "constant"), "train.schedule", origin, file)
+    _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
+    if cfg.data.img_size < 32 or cfg.data.img_size % 32:
+        raise ConfigError(f"{_where('data.img_size', origin, file)}: key 'data.img_size' must be a positive multiple of 32, got {cfg.data.img_size}")
+    for split in ("train", "val"):
+        for i, d in enumerate(getattr(cfg.data, split)):
+            key = f"data.{split}.{i}"
+            for t in d.tasks:
+                if t not in cfg.tasks:
+                    close = difflib.get_close_matches(t, list(cfg.tasks), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else f"; configured tasks: {', '.join(cfg.tasks)}"
+                    raise ConfigError(f"{_where(key + '.tasks', origin, file)}: dataset {d.name or i} labels unknown task '{t}'{hint}")
+            for k, v in d.args.items():
+                if isinstance(v, str) and any(s in k for s in ("file", "dir", "root")):
+                    d.args[k] = expand(v)

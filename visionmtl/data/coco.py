@@ -1,0 +1,318 @@
+"""COCO instances JSON: boxes, box labels, semantic masks and image-level labels."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from .base import BaseAdapter, read_image
+from .errors import DataError
+
+_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels")
+_REQUIRED_TOP = ("images", "annotations", "categories")
+_REQUIRED_IMAGE = ("id", "file_name", "width", "height")
+_REQUIRED_ANN = ("image_id", "category_id", "bbox")
+_REQUIRED_CAT = ("id", "name")
+
+
+class CocoAdapter(BaseAdapter):
+    """A COCO-style instances annotation file plus its image folder.
+
+    Args:
+        ann_file: path to the instances JSON (``images``, ``annotations``, ``categories``).
+        img_dir: folder the images' ``file_name`` entries are relative to.
+        provides: target keys to produce, any of ``boxes``, ``box_labels``, ``mask``, ``labels``.
+            Masks are only rasterised when ``mask`` is requested.
+        min_box_size: boxes whose width or height (after clipping to the image) is below this
+            many pixels are dropped and counted in ``stats()["degenerate_boxes"]``.
+        background: name of the background class of the *mask* id space, or ``None``.
+
+    Class id spaces:
+
+    * ``classes`` are the category names sorted by COCO category id; native id ``k`` is the
+      k-th category. ``box_labels`` and ``labels`` use this space.
+    * ``mask_classes`` is the id space of ``mask``. With ``background="background"`` (default)
+      it is ``["background"] + classes``: value 0 is background and category ``k`` is written
+      as ``k + 1``. With ``background=None`` it equals ``classes``: category ``k`` is written as
+      ``k`` and unlabelled pixels are 255 (ignore).
+
+    In the mask, overlapping instances are painted largest first, so the smaller instance ends
+    up on top. Crowd regions (``iscrowd=1``) are then set to 255, as are the boxes of
+    non-crowd annotations that carry no usable segmentation. Crowd annotations give no boxes.
+
+    ``labels`` is the sorted set of categories of the image's non-crowd annotations (boxes
+    dropped as degenerate still count). Images without annotations are valid negatives:
+    ``boxes`` of shape ``[0, 4]``, empty ``labels`` and an all-background mask.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        img_dir: str | os.PathLike,
+        provides: Sequence[str] = ("boxes", "box_labels", "mask", "labels"),
+        min_box_size: float = 1.0,
+        background: str | None = "background",
+    ):
+        self.ann_file = str(ann_file)
+        self.img_dir = str(img_dir)
+        unknown = [k for k in provides if k not in _KNOWN_KEYS]
+        if unknown:
+            raise ValueError(f"CocoAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}")
+        self.provides = tuple(provides)
+        self.min_box_size = float(min_box_size)
+        self.background = background
+
+        data = self._read_json()
+        self._validate(data)
+        self._assign_missing_ann_ids(data["annotations"])
+
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.cat_ids: list[int] = [int(c["id"]) for c in cats]
+        self.cat_to_native: dict[int, int] = {cid: k for k, cid in enumerate(self.cat_ids)}
+        self.classes: list[str] = [str(c["name"]) for c in cats]
+        if len(set(self.classes)) != len(self.classes):
+            dup = sorted({n for n in self.classes if self.classes.count(n) > 1})
+            raise DataError(self.ann_file, f"duplicate category names {dup}")
+        if background is not None:
+            if background in self.classes:
+                raise DataError(
+                    self.ann_file,
+                    f"category name {background!r} clashes with the mask background class; "
+                    "pass background=None or another name",
+                )
+            self.mask_classes: list[str] = [background] + self.classes
+        else:
+            self.mask_classes = list(self.classes)
+        if "mask" in self.provides and len(self.mask_classes) > 255:
+            raise DataError(self.ann_file, f"{len(self.mask_classes)} mask classes do not fit uint8 ids")
+
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco.createIndex()
+
+        self._index(data)
+
+    # ------------------------------------------------------------------ parsing and validation
+    def _read_json(self) -> dict:
+        if not os.path.isfile(self.ann_file):
+            raise DataError(self.ann_file, "annotation file not found")
+        try:
+            with open(self.ann_file, "rb") as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(self.ann_file, f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(self.ann_file, f"not valid JSON (not UTF-8 text: {e.reason})") from None
+
+    def _validate(self, d) -> None:
+        f = self.ann_file
+        if not isinstance(d, dict):
+            raise DataError(f, f"expected a JSON object with keys {list(_REQUIRED_TOP)}, got {type(d).__name__}")
+        for key in _REQUIRED_TOP:
+            if key not in d:
+                raise DataError(f, f"missing required key '{key}' (a COCO file needs {list(_REQUIRED_TOP)})")
+            if not isinstance(d[key], list):
+                raise DataError(f, f"'{key}' must be a list, got {type(d[key]).__name__}")
+        for j, c in enumerate(d["categories"]):
+            for key in _REQUIRED_CAT:
+                if not isinstance(c, dict) or key not in c:
+                    raise DataError(f, f"category #{j} lacks required key '{key}'")
+        cat_ids = [c["id"] for c in d["categories"]]
+        if len(set(cat_ids)) != len(cat_ids):
+            raise DataError(f, "duplicate category ids in 'categories'")
+        img_ids = set()
+        for j, im in enumerate(d["images"]):
+            for key in _REQUIRED_IMAGE:
+                if not isinstance(im, dict) or key not in im:
+                    raise DataError(f, f"image #{j} lacks required key '{key}'")
+            if im["id"] in img_ids:
+                raise DataError(f, f"duplicate image id {im['id']}")
+            if int(im["width"]) <= 0 or int(im["height"]) <= 0:
+                raise DataError(f, f"image {im['id']} has size {im['width']}x{im['height']}")
+            img_ids.add(im["id"])
+        cat_set = set(cat_ids)
+        for j, a in enumerate(d["annotations"]):
+            if not isinstance(a, dict):
+                raise DataError(f, f"annotation #{j} is not an object")
+            name = f"annotation {a['id']}" if "id" in a else f"annotation #{j}"
+            for key in _REQUIRED_ANN:
+                if key not in a:
+                    raise DataError(f, f"{name} lacks required key '{key}'")
+            if a["category_id"] not in cat_set:
+                raise DataError(f, f"{name} has category_id {a['category_id']} not in categories")
+            if a["image_id"] not in img_ids:
+                raise DataError(f, f"{name} has image_id {a['image_id']} not in images")
+            b = a["bbox"]
+            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+                raise DataError(f, f"{name} has bbox {b!r}; expected [x, y, width, height]")
+
+    @staticmethod
+    def _assign_missing_ann_ids(anns: list) -> None:
+        # pycocotools indexes annotations by "id"; give id-less ones fresh unique ids.
+        missing = [a for a in anns if "id" not in a]
+        if missing:
+            start = max((int(a["id"]) for a in anns if "id" in a), default=0) + 1
+            for j, a in enumerate(missing):
+                a["id"] = start + j
+
+    # ------------------------------------------------------------------ indexing
+    def _index(self, d: dict) -> None:
+        self._images: list[dict] = list(d["images"])
+        self._paths = [os.path.join(self.img_dir, im["file_name"]) for im in self._images]
+        n_img = len(self._images)
+        self._boxes: list[np.ndarray] = []
+        self._box_labels: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._instances: list[list[int]] = []  # non-crowd ann ids of each image
+        self._crowds: list[list[int]] = []  # crowd ann ids of each image
+        degenerate = crowd = no_segm = empty = 0
+        for im in self._images:
+            h, w = float(im["height"]), float(im["width"])
+            anns = self.coco.imgToAnns.get(im["id"], [])
+            if not anns:
+                empty += 1
+            boxes, box_labels, inst, crowds = [], [], [], []
+            for a in anns:
+                if a.get("iscrowd", 0):
+                    crowd += 1
+                    crowds.append(a["id"])
+                    continue
+                k = self.cat_to_native[a["category_id"]]
+                inst.append(a["id"])
+                if not _has_segmentation(a):
+                    no_segm += 1
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+                x1, y1 = min(max(x, 0.0), w), min(max(y, 0.0), h)
+                x2, y2 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
+                if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
+                    degenerate += 1
+                else:
+                    boxes.append((x1, y1, x2, y2))
+                    box_labels.append(k)
+            self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+            self._box_labels.append(np.asarray(box_labels, dtype=np.int64))
+            cats = {self.cat_to_native[self.coco.anns[i]["category_id"]] for i in inst}
+            self._labels.append(np.asarray(sorted(cats), dtype=np.int64))
+            self._instances.append(inst)
+            self._crowds.append(crowds)
+        self._stats = {
+            "images": n_img,
+            "annotations": len(d["annotations"]),
+            "boxes": int(sum(len(b) for b in self._boxes)),
+            "degenerate_boxes": degenerate,
+            "crowd_regions": crowd,
+            "empty_images": empty,
+            "anns_without_segmentation": no_segm,
+        }
+
+    # ------------------------------------------------------------------ adapter interface
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def path(self, i: int) -> str:
+        return self._paths[i]
+
+    def image_id(self, i: int) -> int:
+        """The COCO image id of sample ``i``."""
+        return self._images[i]["id"]
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    def load(self, i: int) -> tuple[np.ndarray, dict]:
+        im = self._images[i]
+        img = read_image(self._paths[i])
+        h, w = int(im["height"]), int(im["width"])
+        if img.shape[:2] != (h, w):
+            raise DataError(
+                self._paths[i],
+                f"image size {img.shape[0]}x{img.shape[1]} differs from the annotation's "
+                f"{h}x{w} ({self.ann_file})",
+            )
+        target: dict = {}
+        if "boxes" in self.provides:
+            target["boxes"] = self._boxes[i].copy()
+        if "box_labels" in self.provides:
+            target["box_labels"] = self._box_labels[i].copy()
+        if "mask" in self.provides:
+            target["mask"] = self._rasterise(i, h, w)
+        if "labels" in self.provides:
+            target["labels"] = self._labels[i].copy()
+        return img, target
+
+    # ------------------------------------------------------------------ masks
+    def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:
+        offset = 1 if self.background is not None else 0
+        mask = np.full((h, w), 0 if self.background is not None else 255, dtype=np.uint8)
+        rles, values, areas, ignore_boxes = [], [], [], []
+        for aid in self._instances[i]:
+            a = self.coco.anns[aid]
+            rle = self._to_rle(a, h, w)
+            if rle is None:
+                ignore_boxes.append(a["bbox"])
+                continue
+            rles.append(rle)
+            values.append(self.cat_to_native[a["category_id"]] + offset)
+        if rles:
+            areas = mask_utils.area(rles)
+            order = np.argsort(-areas.astype(np.int64), kind="stable")  # largest first
+            decoded = mask_utils.decode(rles)  # HxWxN
+            for j in order:
+                mask[decoded[:, :, j].astype(bool)] = values[j]
+        crowd_rles = []
+        for aid in self._crowds[i]:
+            a = self.coco.anns[aid]
+            rle = self._to_rle(a, h, w)
+            if rle is None:
+                ignore_boxes.append(a["bbox"])
+            else:
+                crowd_rles.append(rle)
+        if crowd_rles:
+            merged = mask_utils.merge(crowd_rles) if len(crowd_rles) > 1 else crowd_rles[0]
+            crowd = mask_utils.decode(merged)
+            mask[crowd.astype(bool)] = 255
+        for x, y, bw, bh in ignore_boxes:
+            x1, y1 = int(np.floor(max(x, 0))), int(np.floor(max(y, 0)))
+            x2, y2 = int(np.ceil(min(x + bw, w))), int(np.ceil(min(y + bh, h)))
+            mask[y1:y2, x1:x2] = 255
+        return mask
+
+    def _to_rle(self, a: dict, h: int, w: int):
+        """The annotation's segmentation as one RLE, or None when it has none usable."""
+        segm = a.get("segmentation")
+        try:
+            if isinstance(segm, list):
+                polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+                if not polys:
+                    return None
+                rles = mask_utils.frPyObjects(polys, h, w)
+                return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
+            if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+                if [int(v) for v in segm["size"]] != [h, w]:
+                    raise DataError(
+                        self.ann_file,
+                        f"annotation {a['id']}: RLE size {segm['size']} differs from image size [{h}, {w}]",
+                    )
+                if isinstance(segm["counts"], list):
+                    return mask_utils.frPyObjects(segm, h, w)
+                return segm
+        except DataError:
+            raise
+        except Exception as e:  # malformed polygons / RLE strings
+            raise DataError(self.ann_file, f"annotation {a['id']}: cannot rasterise segmentation ({e})") from None
+        return None
+
+
+def _has_segmentation(a: dict) -> bool:
+    segm = a.get("segmentation")
+    if isinstance(segm, list):
+        return any(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm)
+    return isinstance(segm, dict) and "counts" in segm

@@ -1,0 +1,83 @@
+"""Batching: pad images to a common size divisible by 32, masks with 255, and record ``has``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .dataset import has_label
+
+
+@dataclass
+class Batch:
+    """A multi-task batch.
+
+    images: float32 [B,3,H,W], H and W multiples of 32, padded bottom/right with 0.
+    targets: list of per-image target dicts (tensors; masks uint8 [H,W] padded with 255).
+    has: task name -> bool [B], whether each image carries that task's label.
+    meta: per-image dicts (path, dataset, image_id, orig_size, input_size).
+    n_bad: samples dropped by ``on_bad_sample: skip`` while building this batch.
+    """
+
+    images: torch.Tensor
+    targets: list[dict]
+    has: dict[str, torch.Tensor]
+    meta: list[dict] = field(default_factory=list)
+    n_bad: int = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device, non_blocking: bool = True, memory_format=torch.contiguous_format) -> "Batch":
+        def mv(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(device, non_blocking=non_blocking)
+            return v
+
+        return Batch(
+            images=self.images.to(device, non_blocking=non_blocking, memory_format=memory_format),
+            targets=[{k: mv(v) for k, v in t.items()} for t in self.targets],
+            has={k: v.to(device, non_blocking=non_blocking) for k, v in self.has.items()},
+            meta=self.meta,
+            n_bad=self.n_bad,
+        )
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.images.pin_memory(), [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+                                                 for k, v in t.items()} for t in self.targets],
+                     {k: v.pin_memory() for k, v in self.has.items()}, self.meta, self.n_bad)
+
+
+class Collate:
+    """``Collate(tasks, size_divisor=32)(samples) -> Batch``; ``None`` samples are dropped and counted."""
+
+    def __init__(self, tasks: dict, size_divisor: int = 32):
+        self.tasks = tasks
+        self.size_divisor = size_divisor
+
+    def __call__(self, samples: list[Optional[dict]]) -> Batch:
+        good = [s for s in samples if s is not None]
+        n_bad = len(samples) - len(good)
+        d = self.size_divisor
+        if not good:
+            return Batch(torch.zeros(0, 3, d, d), [], {t: torch.zeros(0, dtype=torch.bool) for t in self.tasks}, [], n_bad)
+        H = max(s["image"].shape[1] for s in good)
+        W = max(s["image"].shape[2] for s in good)
+        H, W = math.ceil(H / d) * d, math.ceil(W / d) * d
+        images = good[0]["image"].new_zeros((len(good), 3, H, W))
+        targets = []
+        for i, s in enumerate(good):
+            img = s["image"]
+            images[i, :, : img.shape[1], : img.shape[2]] = img
+            t = dict(s["target"])
+            if "mask" in t:
+                m = t["mask"]
+                t["mask"] = F.pad(m, (0, W - m.shape[1], 0, H - m.shape[0]), value=255)
+            targets.append(t)
+        has = {name: torch.tensor([has_label(task, t) for t in targets], dtype=torch.bool)
+               for name, task in self.tasks.items()}
+        return Batch(images, targets, has, [s["meta"] for s in good], n_bad)

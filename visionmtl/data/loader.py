@@ -1,0 +1,70 @@
+"""DataLoader factory: workers, pinned memory, persistent seeded workers, mixing, DDP sharding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .collate import Collate
+from .dataset import build_datasets
+from .sampler import EpochSampler, MultiDataset
+from .transforms import build_transforms
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each worker from torch's per-worker seed.
+
+    Augmentation itself is seeded per sample (see data/sampler.py); this covers anything else.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def build_dataset(cfg, split: str) -> MultiDataset:
+    """All datasets of ``cfg.data.<split>`` behind one index, with the split's transforms."""
+    tf = build_transforms(cfg.data.img_size, cfg.data.augment, train=split == "train")
+    return MultiDataset(build_datasets(cfg, split, tf), seed=cfg.train.seed)
+
+
+def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: bool | None = None,
+                 workers: int | None = None) -> DataLoader:
+    """The loader for ``split``; call ``loader.sampler.set_epoch(e)`` each epoch.
+
+    Training datasets are shuffled and, when their ``ratio`` differs, mixed by ratio (each
+    dataset's share of the batch is proportional to its ratio). Under DDP each rank reads its shard.
+    """
+    train = split == "train"
+    ds = dataset if dataset is not None else build_dataset(cfg, split)
+    shuffle = train if shuffle is None else shuffle
+    rank, world = dist_info()
+    bs = cfg.data.batch_size if train or not cfg.data.val_batch_size else cfg.data.val_batch_size
+    weights = None
+    ratios = [d.ratio for d in getattr(cfg.data, split)]
+    if train and len(set(ratios)) > 1:
+        weights = torch.cat([torch.full((len(p),), r / len(p), dtype=torch.double) for p, r in zip(ds.parts, ratios)])
+    sampler = EpochSampler(len(ds), shuffle=shuffle, seed=cfg.train.seed, weights=weights,
+                           rank=rank, world=world, drop_last=False)
+    workers = cfg.data.workers if workers is None else workers
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=Collate(cfg.tasks),
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and len(sampler) >= bs,
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,74 @@
+"""albumentations pipelines that keep boxes, box labels and masks in step with the image.
+
+Train: longest side to ``img_size``, random rescale, pad and random crop back to ``img_size``,
+horizontal flip, colour jitter, normalise. Eval: longest side to ``img_size`` and normalise
+(collate pads to a multiple of 32, bottom/right, so predictions map back by one scale factor).
+Boxes that leave the crop are dropped together with their labels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from ..config import AugmentConfig
+
+BBOX_PARAMS = dict(format="pascal_voc", label_fields=["box_labels"], min_area=1.0, min_visibility=0.0, clip=True)
+
+
+def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transform":
+    ops: list = [A.LongestMaxSize(max_size=img_size, interpolation=cv2.INTER_LINEAR)]
+    if train:
+        lo, hi = aug.scale
+        if (lo, hi) != (1.0, 1.0):
+            ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0))
+        if aug.crop:
+            ops += [
+                A.PadIfNeeded(img_size, img_size, position="random", border_mode=cv2.BORDER_CONSTANT,
+                              fill=0, fill_mask=255),
+                A.RandomCrop(img_size, img_size),
+            ]
+        if aug.hflip > 0:
+            ops.append(A.HorizontalFlip(p=aug.hflip))
+        if aug.color_jitter > 0 or aug.hue > 0:
+            j = aug.color_jitter
+            ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=aug.hue, p=0.8))
+    ops.append(A.Normalize(mean=aug.mean, std=aug.std, max_pixel_value=255.0))
+    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)))
+
+
+class Transform:
+    """Apply an albumentations pipeline to ``(image, target)`` and return torch tensors.
+
+    Returns ``(image float32 [3,H,W], target)`` with ``boxes`` float32 [N,4], ``box_labels``
+    int64 [N] (albumentations hands labels back as floats), ``mask`` uint8 [H,W] (255 = ignore; heads cast on device), ``labels``
+    int64 [K]; keys absent from the input stay absent.
+    """
+
+    def __init__(self, compose: A.Compose):
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray, target: dict, seed: Optional[int] = None) -> tuple[torch.Tensor, dict]:
+        if seed is not None:
+            self.compose.set_random_seed(seed)
+        has_boxes = "boxes" in target
+        kw = {"image": image}
+        kw["bboxes"] = np.asarray(target["boxes"], np.float32).reshape(-1, 4) if has_boxes else np.zeros((0, 4), np.float32)
+        kw["box_labels"] = np.asarray(target.get("box_labels", np.zeros(0)), np.int64).reshape(-1)
+        if "mask" in target:
+            kw["mask"] = target["mask"]
+        out = self.compose(**kw)
+        new = {k: v for k, v in target.items() if k not in ("boxes", "box_labels", "mask")}
+        img = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        if has_boxes:
+            new["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
+            new["box_labels"] = torch.as_tensor(np.asarray(out["box_labels"]).astype(np.int64).reshape(-1))
+        if "mask" in target:
+            new["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.uint8))
+        if "labels" in new:
+            new["labels"] = torch.as_tensor(np.asarray(new["labels"], np.int64).reshape(-1))
+        return img, new
