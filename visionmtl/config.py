@@ -69,6 +69,7 @@ class DatasetConfig:
     tasks: list[str] = field(default_factory=list)  # task names this dataset labels
     name: str = ""
     class_map: dict[str, Optional[str]] = field(default_factory=dict)  # native -> task class (null = ignore)
+    unmapped: str = "error"  # a native class missing from the task's list: error | ignore
     ratio: float = 1.0  # sampling weight when several datasets are mixed
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -395,6 +396,7 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
     for split in ("train", "val"):
         for i, d in enumerate(getattr(cfg.data, split)):
             key = f"data.{split}.{i}"
+            _choice(d.unmapped, ("error", "ignore"), key + ".unmapped", origin, file)
             for t in d.tasks:
                 if t not in cfg.tasks:
                     close = difflib.get_close_matches(t, list(cfg.tasks), n=1)

@@ -70,13 +70,14 @@ class TaskDataset(Dataset):
 
     def __init__(self, adapter: BaseAdapter, tasks: dict[str, TaskConfig], labels_tasks: list[str],
                  transform=None, class_map: Optional[dict] = None, on_bad_sample: str = "error",
-                 name: str = ""):
+                 name: str = "", unmapped: str = "error"):
         self.adapter = adapter
         self.name = name or type(adapter).__name__
         self.transform = transform
         self.on_bad_sample = on_bad_sample
         self.tasks = {t: tasks[t] for t in labels_tasks}
         class_map = class_map or {}
+        drop = unmapped == "ignore"
         what = f"dataset '{self.name}'"
         native = list(adapter.classes)
         mask_native = list(getattr(adapter, "mask_classes", native))
@@ -86,10 +87,10 @@ class TaskDataset(Dataset):
             w = f"{what}, task '{tname}'"
             if t.type == "detection":
                 self._require(adapter, ("boxes", "box_labels"), tname)
-                self.box_lut = _lut(native, t.classes, class_map, w, ignore_missing=False)
+                self.box_lut = _lut(native, t.classes, class_map, w, ignore_missing=drop)
             elif t.type == "segmentation":
                 self._require(adapter, ("mask",), tname)
-                lut = _lut(mask_native, t.classes, class_map, w, ignore_missing=False)
+                lut = _lut(mask_native, t.classes, class_map, w, ignore_missing=drop)
                 self.mask_lut = np.full(256, 255, np.uint8)
                 self.mask_lut[: len(lut)] = np.where(lut >= 0, lut, 255).astype(np.uint8)
             elif t.attr is None:
@@ -98,7 +99,7 @@ class TaskDataset(Dataset):
                     if src in adapter.provides:
                         self.label_source = src
                         # derived labels may include classes the cls task does not list (e.g. background)
-                        self.label_lut = _lut(names, t.classes, class_map, w, ignore_missing=src == "mask")
+                        self.label_lut = _lut(names, t.classes, class_map, w, ignore_missing=drop or src == "mask")
                         break
                 else:
                     raise ConfigError(f"{w}: the adapter provides no image labels, boxes or masks to derive them from")
@@ -213,7 +214,7 @@ def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
             raise DataError(str(d.args), "dataset is empty")
         tasks = d.tasks or [n for n, t in cfg.tasks.items() if can_label(adapter, t)]
         out.append(TaskDataset(adapter, cfg.tasks, tasks, transform, d.class_map,
-                               cfg.data.on_bad_sample, d.name or f"{split}{i}"))
+                               cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped))
     if not out:
         raise ConfigError(f"data.{split}: no datasets configured")
     return out

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Train a multi-task model: ``python tools/train.py CONFIG [--set k=v ...] [--work-dir DIR] [--resume]``.
+
+Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from visionmtl.cli import run, setup_logging  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.lr=0.01")
+    p.add_argument("--work-dir", help="output folder (default: the config's work_dir)")
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="continue from WORK_DIR/last.pt, or from the given checkpoint")
+    return p
+
+
+def main(args) -> None:
+    from visionmtl.config import load_config
+    from visionmtl.engine import dist
+    from visionmtl.engine.trainer import Trainer
+
+    cfg = load_config(args.config, args.set)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    trainer = Trainer(cfg, cfg.work_dir, resume=args.resume)
+    try:
+        trainer.train()
+    finally:
+        dist.cleanup()
+    if trainer.main:
+        print(f"outputs in {trainer.work_dir}: last.pt, best.pt, config.yaml, metrics.jsonl, *.png")
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(run(main, get_args_parser().parse_args()))

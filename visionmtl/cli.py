@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: logging setup and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+EXPECTED_ERRORS: tuple[type, ...] = ()
+
+
+def expected_errors() -> tuple[type, ...]:
+    """Errors caused by input (config, data, checkpoint, weights): shown as one line, exit 2."""
+    from .config import ConfigError
+    from .data.errors import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import NonFiniteLossError
+    from .models.backbone import WeightsError
+
+    return (ConfigError, DataError, CheckpointError, NonFiniteLossError, WeightsError, FileNotFoundError)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run(main: Callable, args) -> int:
+    """Call ``main(args)``; input errors print ``error: <message>`` and exit 2, Ctrl-C exits 130."""
+    try:
+        main(args)
+    except expected_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,106 @@
+"""Run a model over a loader and compute every task's metrics.
+
+Detection is scored by pycocotools in original image pixels (predicted and ground-truth boxes
+are both scaled back from the network input); segmentation by a confusion matrix at the network
+input resolution (the padded border excluded); classification by AP / top-1. Only the images that
+carry a task's label count for that task. Metrics are reduced across DDP ranks.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..metrics.classification import ClassificationEvaluator
+from ..metrics.detection import CocoDetectionEvaluator
+from ..metrics.segmentation import SegmentationEvaluator
+
+
+def build_evaluators(tasks: dict) -> dict:
+    ev = {}
+    for name, t in tasks.items():
+        if t.type == "classification":
+            ev[name] = ClassificationEvaluator(t.classes, multilabel=t.multilabel)
+        elif t.type == "detection":
+            ev[name] = CocoDetectionEvaluator(t.classes)
+        else:
+            ev[name] = SegmentationEvaluator(t.classes, ignore_index=255)
+    return ev
+
+
+def main_metric(task_type: str, multilabel: bool = True) -> str:
+    return {"classification": "mAP" if multilabel else "top1", "detection": "mAP", "segmentation": "mIoU"}[task_type]
+
+
+def _scale_boxes(boxes: torch.Tensor, meta: dict) -> torch.Tensor:
+    (ih, iw), (oh, ow) = meta["input_size"], meta["orig_size"]
+    s = boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
+    return boxes * s
+
+
+@torch.inference_mode()
+def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: bool = True,
+             max_batches: int = 0) -> dict:
+    """Return ``{task: metrics}`` with fixed keys (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``)."""
+    net = getattr(model, "module", model)
+    was_training = net.training
+    net.eval()
+    evaluators = build_evaluators(tasks)
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    ac = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    n_bad = 0
+    for bi, batch in enumerate(loader):
+        if max_batches and bi >= max_batches:
+            break
+        n_bad += batch.n_bad
+        if len(batch) == 0:
+            continue
+        images = batch.images.to(device, non_blocking=True, memory_format=mf)
+        with ac:
+            raw = net(images)
+        sizes = [m["input_size"] for m in batch.meta]
+        preds = net.predict(raw, sizes)
+        for name, t in tasks.items():
+            idx = [i for i, h in enumerate(batch.has[name].tolist()) if h]
+            if not idx:
+                continue
+            p = [preds[i][name] for i in idx]
+            tg = [batch.targets[i] for i in idx]
+            if t.type == "classification":
+                scores = torch.stack([x["scores"] for x in p]).float().cpu()
+                labels = [torch.as_tensor([tgt["attrs"][t.attr]]) if t.attr else tgt["labels"] for tgt in tg]
+                evaluators[name].update(scores, labels)
+            elif t.type == "detection":
+                metas = [batch.meta[i] for i in idx]
+                pd = [{"boxes": _scale_boxes(x["boxes"].float().cpu(), m), "scores": x["scores"].float().cpu(),
+                       "labels": x["labels"].cpu()} for x, m in zip(p, metas)]
+                gt = [{"boxes": _scale_boxes(tgt["boxes"].float(), m), "box_labels": tgt["box_labels"]}
+                      for tgt, m in zip(tg, metas)]
+                evaluators[name].update(pd, gt)
+            else:
+                pm, gm = [], []
+                for x, tgt, i in zip(p, tg, idx):
+                    h, w = batch.meta[i]["input_size"]
+                    pm.append(x["mask"][:h, :w].cpu())
+                    gm.append(tgt["mask"][:h, :w].cpu())
+                evaluators[name].update(pm, gm)
+    results = {}
+    for name, ev in evaluators.items():
+        ev.sync()
+        results[name] = ev.compute()
+    if n_bad:
+        results["n_bad"] = n_bad
+    net.train(was_training)
+    return results
+
+
+def summary_score(results: dict, tasks: dict, key: str = "auto") -> float:
+    """The number ``best.pt`` is chosen by: ``task.metric`` or the mean of each task's main metric."""
+    if key != "auto":
+        task, metric = key.split(".", 1)
+        v = results.get(task, {}).get(metric)
+        return float(v) if v is not None else float("-inf")
+    vals = [results[n].get(main_metric(t.type, t.multilabel)) for n, t in tasks.items() if n in results]
+    vals = [float(v) for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else float("-inf")

@@ -1,0 +1,279 @@
+"""The joint multi-task trainer: Σ wₜ·Lₜ over partial labels, AMP, DDP, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ..config import Config, config_from_dict, save_config
+from ..data.loader import build_dataset, build_loader
+from ..models.build import build_model
+from . import dist
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .evaluate import evaluate, summary_score
+from .logger import RunLogger, flatten, plot_curves
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("visionmtl")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task's loss became NaN or infinite; the message names the task and the iteration."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def cpu_bf16_fast() -> bool:
+    """bf16 autocast pays off on CPUs with AMX or AVX512-BF16; elsewhere it is slower than fp32."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def pick_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``train.amp`` on ``device``, or None for fp32."""
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        if mode == "fp16":
+            return torch.float16
+        if mode == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if mode == "fp16":
+        raise ValueError("train.amp: fp16 autocast is for CUDA; use bf16 or off on CPU")
+    if mode == "bf16" or (mode == "auto" and cpu_bf16_fast()):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train ``cfg`` in ``work_dir``. ``Trainer(cfg, work_dir, resume=True).train()`` continues a run.
+
+    Writes ``config.yaml`` (the resolved config), ``metrics.jsonl``, TensorBoard scalars,
+    ``last.pt`` every epoch, ``best.pt`` by ``train.best_metric`` and, at the end, loss and
+    metric curves as PNG. Only rank 0 writes.
+    """
+
+    def __init__(self, cfg: Config, work_dir: Optional[str] = None, resume: bool | str = False):
+        self.cfg = cfg
+        self.work_dir = Path(work_dir or cfg.work_dir)
+        tc = cfg.train
+        self.device = pick_device(tc.device)
+        self.rank, self.world, local_rank = dist.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        seed_everything(tc.seed + self.rank)
+        self.main = self.rank == 0
+        self.amp_dtype = pick_amp(tc.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+
+        self.train_set = build_dataset(cfg, "train")
+        self.train_loader = build_loader(cfg, "train", self.train_set)
+        self.val_loader = build_loader(cfg, "val") if cfg.data.val else None
+
+        self.net = build_model(cfg).to(self.device, memory_format=self.memory_format)
+        self.model = DDP(self.net, device_ids=[local_rank] if self.device.type == "cuda" else None) if self.world > 1 else self.net
+        self.optimizer = build_optimizer(self.net, tc)
+        self.iters_per_epoch = max(len(self.train_loader), 1)
+        self.total_iters = tc.epochs * self.iters_per_epoch
+        if tc.max_iters:
+            self.total_iters = min(self.total_iters, tc.max_iters)
+        self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.iters_per_epoch, tc)
+        self.weights = {n: t.weight for n, t in cfg.tasks.items()}
+        self.epoch = 0
+        self.iter = 0
+        self.best = -math.inf
+        self.history: list[dict] = []  # per-iteration losses of this process (tests, plots)
+        if resume:
+            self.resume(self.work_dir / "last.pt" if resume is True else Path(resume))
+        self.logger = RunLogger(self.work_dir, enabled=self.main)
+        if self.main:
+            save_config(cfg, self.work_dir / "config.yaml")
+
+    # ----------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def task_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum each task's terms: ``loss_<task>_<term>`` -> ``{task: Lₜ}``."""
+        out: dict[str, torch.Tensor] = {}
+        for key, v in losses.items():
+            task = next((t for t in self.cfg.tasks if key.startswith(f"loss_{t}_")), None)
+            if task is None:
+                raise KeyError(f"loss key '{key}' names no configured task")
+            out[task] = out[task] + v if task in out else v
+        return out
+
+    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        vals = torch.stack([v.detach().float() for v in losses.values()])
+        if torch.isfinite(vals).all():
+            return
+        for key, v in losses.items():
+            if not torch.isfinite(v.detach()).all():
+                task = next((t for t in self.cfg.tasks if key.startswith(f"loss_{t}_")), "?")
+                raise NonFiniteLossError(f"non-finite loss for task '{task}' ({key}={v.item()}) at iteration {self.iter}")
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One optimisation step on a batch; returns the loss values for logging."""
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        with self.autocast():
+            raw = self.model(batch.images)
+        losses = self.net.loss(raw, batch)
+        self.check_finite(losses)
+        per_task = self.task_losses(losses)
+        total = sum(self.weights[t] * v for t, v in per_task.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.train.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        out = {k: v.item() for k, v in losses.items()}
+        out["loss"] = total.item()
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    def train(self, max_epochs: Optional[int] = None) -> dict:
+        """Run until ``train.epochs`` (or ``max_epochs`` more epochs); returns the last metrics."""
+        tc = self.cfg.train
+        stop_epoch = tc.epochs if max_epochs is None else min(tc.epochs, self.epoch + max_epochs)
+        metrics: dict = {}
+        t0 = time.time()
+        while self.epoch < stop_epoch and self.iter < self.total_iters:
+            epoch = self.epoch
+            self.train_loader.sampler.set_epoch(epoch)
+            self.net.train()
+            n_bad = 0
+            bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not self.main,
+                       dynamic_ncols=True, leave=False)
+            running: dict[str, float] = {}
+            for batch in bar:
+                n_bad += batch.n_bad
+                if len(batch) == 0:
+                    continue
+                vals = self.train_step(batch)
+                self.iter += 1
+                self.history.append(vals)
+                for k, v in vals.items():
+                    running[k] = 0.9 * running.get(k, v) + 0.1 * v
+                if self.main:
+                    post = {k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items() if k != "loss"}
+                    post["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
+                    bar.set_postfix(post, refresh=False)
+                if self.iter % tc.log_interval == 0 or self.iter == self.total_iters:
+                    vals = dist.reduce_mean(vals, self.device)
+                    self.logger.log("train", self.iter, vals, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"])
+                if self.iter >= self.total_iters:
+                    break
+            bar.close()
+            if n_bad:
+                log.warning("epoch %d: skipped %d bad samples (data.on_bad_sample: skip)", epoch + 1, n_bad)
+            self.epoch = epoch + 1
+            last = self.epoch >= tc.epochs or self.iter >= self.total_iters
+            if self.val_loader is not None and (self.epoch % tc.eval_interval == 0 or last):
+                metrics = self.evaluate()
+                score = summary_score(metrics, self.cfg.tasks, tc.best_metric)
+                self.logger.log("val", self.iter, metrics, epoch=self.epoch, score=score)
+                if self.main:
+                    log.info("epoch %d: %s", self.epoch, _fmt(metrics, self.cfg.tasks))
+                if score > self.best:
+                    self.best = score
+                    self.save("best.pt")
+            self.save("last.pt")
+        if self.main:
+            log.info("trained %d iterations in %.1f s", self.iter, time.time() - t0)
+            try:
+                plot_curves(self.work_dir / "metrics.jsonl", self.work_dir)
+            except Exception as e:  # plotting must never lose a run
+                log.warning("could not plot curves: %s", e)
+        return metrics
+
+    def evaluate(self, loader=None) -> dict:
+        return evaluate(self.model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
+                        self.cfg.train.channels_last)
+
+    # ----------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iter,
+            "best": self.best,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "classes": {n: list(t.classes) for n, t in self.cfg.tasks.items()},
+        }
+
+    def save(self, name: str) -> None:
+        if self.main:
+            save_checkpoint(self.state(), self.work_dir / name)
+        dist.barrier()
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        load_model_state(self.net, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iter, self.best = ckpt["epoch"], ckpt["iteration"], ckpt.get("best", -math.inf)
+        set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iter)
+
+
+def _fmt(metrics: dict, tasks: dict) -> str:
+    from .evaluate import main_metric
+
+    parts = []
+    for n, t in tasks.items():
+        if n in metrics:
+            m = metrics[n]
+            keys = [main_metric(t.type, t.multilabel)] + (["mAP50"] if t.type == "detection" else [])
+            parts.append(f"{n}: " + " ".join(f"{k}={m.get(k, float('nan')):.4f}" for k in keys if m.get(k) is not None))
+    return " | ".join(parts)
+
+
+def load_trained(path: str, device="cpu"):
+    """(model, cfg, checkpoint) from a checkpoint that carries its resolved config."""
+    ckpt = load_checkpoint(path)
+    if "config" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint has no config")
+    cfg = config_from_dict(ckpt["config"], source=str(path))
+    cfg.model.backbone.weights = "none"
+    model = build_model(cfg)
+    load_model_state(model, ckpt["model"], str(path))
+    return model.to(device).eval(), cfg, ckpt
