@@ -67,7 +67,7 @@ def test_mixed_batch_partial_labels(tmp_path):
     # one image from each dataset in one batch
     samples = [ds[(0, 0)], ds[(0, 128)], ds[(0, 128 + 101)], ds[(0, 5)]]
     batch = Collate(cfg.tasks)(samples)
-    assert batch.images.shape[0] == 4 and batch.images.dtype == torch.float32
+    assert batch.images.shape[0] == 4 and batch.images.dtype == torch.float32 and samples[0]["image"].dtype == torch.uint8
     assert batch.images.shape[2] % 32 == 0 and batch.images.shape[3] % 32 == 0
     assert batch.has["cls"].tolist() == [True, False, True, True]
     assert batch.has["det"].tolist() == [True, False, False, True]
@@ -118,7 +118,7 @@ def test_transforms_keep_boxes_and_mask_in_step():
     dropped = 0
     for seed in range(30):
         out_img, t = tf(img, target, seed)
-        assert out_img.shape == (3, 64, 64) and t["mask"].shape == (64, 64)
+        assert out_img.shape == (3, 64, 64) and out_img.dtype == torch.uint8 and t["mask"].shape == (64, 64)
         assert t["box_labels"].dtype == torch.int64 and len(t["boxes"]) == len(t["box_labels"])
         dropped += len(t["boxes"]) < 2
         for b, c in zip(t["boxes"], t["box_labels"]):

@@ -13,7 +13,9 @@ from .loader import build_dataset
 
 
 def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
-    """float32 [3,H,W] normalised -> HxWx3 uint8 RGB."""
+    """[3,H,W] uint8, or float32 normalised -> HxWx3 uint8 RGB."""
+    if image.dtype == torch.uint8:
+        return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
     img = image.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
     return np.clip(img * 255.0, 0, 255).astype(np.uint8)
 

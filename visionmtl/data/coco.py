@@ -264,9 +264,13 @@ class CocoAdapter(BaseAdapter):
         if rles:
             areas = mask_utils.area(rles)
             order = np.argsort(-areas.astype(np.int64), kind="stable")  # largest first
-            decoded = mask_utils.decode(rles)  # HxWxN
-            for j in order:
-                mask[decoded[:, :, j].astype(bool)] = values[j]
+            decoded = mask_utils.decode(rles)  # HxWxN uint8
+            boxes = mask_utils.toBbox(rles)  # xywh of each instance's pixels
+            for j in order:  # paint only inside each instance's box: N small copies, not N full images
+                x, y, bw, bh = boxes[j]
+                x1, y1 = int(x), int(y)
+                x2, y2 = min(int(np.ceil(x + bw)) + 1, w), min(int(np.ceil(y + bh)) + 1, h)
+                np.putmask(mask[y1:y2, x1:x2], decoded[y1:y2, x1:x2, j], values[j])
         crowd_rles = []
         for aid in self._crowds[i]:
             a = self.coco.anns[aid]

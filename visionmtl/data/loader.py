@@ -61,7 +61,7 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
         batch_size=bs,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=Collate(cfg.tasks),
+        collate_fn=Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std),
         pin_memory=torch.cuda.is_available(),
         drop_last=train and len(sampler) >= bs,
         persistent_workers=workers > 0,

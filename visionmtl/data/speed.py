@@ -55,7 +55,7 @@ def stage_profile(cfg, n: int = 64) -> dict[str, float]:
         t["annotations"] += max((t2 - t1) - (t1 - t0), 0.0)  # load() decodes again; keep the rest
         t["augment"] += t3 - t2
         samples.append({"image": img, "target": tgt, "meta": {}})
-    collate = Collate(cfg.tasks)
+    collate = Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std)
     bs = cfg.data.batch_size
     t0 = time.perf_counter()
     for k in range(0, len(samples), bs):
