@@ -10,7 +10,8 @@ import torch
 
 from visionmtl.paths import ENV_VAR, data_root
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a shared 2-core machine, oversubscribed OpenMP threads slow steps by 10-50x.
+torch.set_num_threads(1)
 
 
 def real_data(*parts: str) -> Path:

@@ -1,0 +1,471 @@
+"""Tests for the backbone, the three heads and the multi-task model (tiny CPU sizes)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import urllib.error
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import box_iou
+
+from visionmtl.models.backbone import Backbone, WeightsError
+from visionmtl.models.heads import ClassificationHead, DetectionHead, SegmentationHead
+from visionmtl.models.multitask import HEAD_TYPES, MultiTaskModel, build_model
+
+S = 64
+TASKS = {
+    "cls": {"type": "classification", "num_classes": 3, "hidden": 32},
+    "det": {"type": "detection", "num_classes": 3, "channels": 32},
+    "seg": {"type": "segmentation", "num_classes": 4, "channels": 32},
+}
+BACKBONE = {"name": "resnet18", "fpn_channels": 32}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # one intra-op thread: on shared/oversubscribed CPUs OpenMP spin-waiting makes 2 threads far slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(n)
+
+
+def _targets(b: int = 2, size: int = S) -> list[dict]:
+    out = []
+    for i in range(b):
+        boxes = torch.tensor([[4.0 + i, 6.0, 30.0, 28.0], [34.0, 30.0, 60.0, 62.0]])
+        mask = torch.zeros(size, size, dtype=torch.int64)
+        mask[6:28, 4:30] = 1
+        mask[30:62, 34:60] = 2
+        mask[:, -2:] = 255
+        out.append({"boxes": boxes, "box_labels": torch.tensor([0, 2]), "mask": mask, "labels": torch.tensor([0, 2])})
+    return out
+
+
+def _batch(model: MultiTaskModel, targets: list[dict], has: list[bool] | None = None) -> SimpleNamespace:
+    has = has if has is not None else [True] * len(targets)
+    return SimpleNamespace(targets=targets, has={t: torch.tensor(has) for t in model.heads})
+
+
+def _expected_loss_keys(tasks: dict) -> set[str]:
+    terms = {"classification": ("cls",), "detection": ("cls", "box", "ctr"), "segmentation": ("ce",)}
+    return {f"loss_{name}_{term}" for name, cfg in tasks.items() for term in terms[cfg["type"]]}
+
+
+# ---------------------------------------------------------------------------- model / combos
+COMBOS = [c for r in (1, 2, 3) for c in itertools.combinations(TASKS, r)]
+
+
+@pytest.mark.parametrize("names", COMBOS, ids=["+".join(c) for c in COMBOS])
+def test_every_head_combination(names):
+    tasks = {n: TASKS[n] for n in names}
+    model = build_model(BACKBONE, tasks)
+    images = torch.randn(2, 3, S, S)
+    targets = _targets()
+
+    model.train()
+    raw_train = model(images)
+    losses = model.loss(raw_train, _batch(model, targets))
+    assert set(losses) == _expected_loss_keys(tasks)
+    for v in losses.values():
+        assert v.ndim == 0 and torch.isfinite(v)
+    sum(losses.values()).backward()
+
+    model.eval()
+    with torch.no_grad():
+        raw_eval = model(images)
+    assert raw_eval.keys() == raw_train.keys()
+    for task in raw_eval:
+        assert raw_eval[task].keys() == raw_train[task].keys()
+        for k in raw_eval[task]:
+            assert raw_eval[task][k].shape == raw_train[task][k].shape
+
+    preds = model.predict(raw_eval, [(S, S), (48, 40)], orig_sizes=[(S, S), (96, 80)])
+    assert len(preds) == 2
+    for i, p in enumerate(preds):
+        assert set(p) == set(names)
+        if "cls" in p:
+            assert p["cls"]["probs"].shape == (3,) and p["cls"]["scores"].shape == (3,)
+            assert p["cls"]["labels"].dtype == torch.int64
+        if "det" in p:
+            d = p["det"]
+            assert d["boxes"].dtype == torch.float32 and d["boxes"].ndim == 2 and d["boxes"].shape[1] == 4
+            assert d["scores"].shape == d["labels"].shape == (d["boxes"].shape[0],)
+            assert d["labels"].dtype == torch.int64
+            assert d["boxes"].shape[0] <= 100
+        if "seg" in p:
+            assert p["seg"]["mask"].dtype == torch.int64
+            assert p["seg"]["mask"].shape == ((S, S), (96, 80))[i]
+
+    # levels built are exactly the ones the heads need
+    levels = set(model.backbone.levels)
+    expected = {"c5"}
+    if "det" in names:
+        expected |= {"p3", "p4", "p5", "p6", "p7"}
+    if "seg" in names:
+        expected |= {"p2", "p3", "p4", "p5"}
+    assert levels == expected
+
+
+def test_classification_only_model_has_no_fpn():
+    model = build_model(BACKBONE, {"cls": TASKS["cls"]})
+    assert model.backbone.fpn is None
+    assert model.backbone.levels == ("c5",)
+    assert not any("fpn" in n for n, _ in model.named_parameters())
+    with_fpn = build_model(BACKBONE, {"det": TASKS["det"]})
+    assert any("fpn" in n for n, _ in with_fpn.named_parameters())
+
+
+def test_build_model_errors():
+    with pytest.raises(ValueError, match="task 'x': head has zero classes"):
+        build_model(BACKBONE, {"x": {"type": "detection", "num_classes": 0}})
+    with pytest.raises(ValueError, match="task 'y': head has zero classes"):
+        build_model(BACKBONE, {"y": {"type": "classification", "classes": []}})
+    with pytest.raises(ValueError):
+        build_model(BACKBONE, {})
+    with pytest.raises(ValueError, match="unknown head type"):
+        build_model(BACKBONE, {"x": {"type": "keypoints", "num_classes": 2}})
+    with pytest.raises(ValueError, match="unknown DetectionHead options"):
+        build_model(BACKBONE, {"x": {"type": "detection", "num_classes": 2, "bogus": 1}})
+    assert set(HEAD_TYPES) == {"classification", "detection", "segmentation"}
+
+
+def test_aspp_segmentation_needs_no_fpn():
+    model = build_model(BACKBONE, {"seg": {"type": "segmentation", "num_classes": 3, "kind": "aspp", "channels": 32}})
+    assert model.backbone.fpn is None
+    model.train()
+    raw = model(torch.randn(1, 3, S, S))  # batch of 1 trains (GroupNorm in ASPP)
+    assert raw["seg"]["logits"].shape == (1, 3, S // 4, S // 4)
+    loss = model.loss(raw, _batch(model, _targets(1)))["loss_seg_ce"]
+    assert torch.isfinite(loss)
+
+
+def test_missing_has_entry_counts_as_unlabelled():
+    model = build_model(BACKBONE, {"cls": TASKS["cls"]})
+    raw = model(torch.randn(2, 3, S, S))
+    losses = model.loss(raw, SimpleNamespace(targets=[{}, {}], has={}))
+    assert losses["loss_cls_cls"].item() == 0.0
+
+
+# ---------------------------------------------------------------------------- detection
+def _det_head(**kw) -> DetectionHead:
+    return DetectionHead("det", 16, 3, channels=16, **kw)
+
+
+def _det_features(b: int, size: int, channels: int = 16) -> dict[str, torch.Tensor]:
+    return {f"p{k}": torch.randn(b, channels, math.ceil(size / 2**k), math.ceil(size / 2**k)) for k in range(3, 8)}
+
+
+def test_detection_empty_image_loss():
+    head = _det_head()
+    raw = head(_det_features(2, S))
+    empty = {"boxes": torch.zeros(0, 4), "box_labels": torch.zeros(0, dtype=torch.int64)}
+    losses = head.loss(raw, [empty, empty], torch.tensor([True, True]))
+    assert set(losses) == {"loss_det_cls", "loss_det_box", "loss_det_ctr"}
+    assert torch.isfinite(losses["loss_det_cls"]) and losses["loss_det_cls"].item() > 0
+    assert losses["loss_det_box"].item() == 0.0 and losses["loss_det_ctr"].item() == 0.0
+    assert losses["loss_det_box"].requires_grad
+    sum(losses.values()).backward()
+
+
+def test_detection_unlabelled_images_contribute_nothing():
+    head = _det_head()
+    feats = _det_features(2, S)
+    raw = head(feats)
+    good = _targets(1)[0]
+    garbage = {"boxes": torch.tensor([[0.0, 0.0, 60.0, 60.0]]), "box_labels": torch.tensor([1])}
+    mixed = head.loss(raw, [good, garbage], torch.tensor([True, False]))
+    only = head.loss({k: (v[:1] if k in ("cls_logits", "box_regression", "centerness") else v) for k, v in raw.items()}, [good], torch.tensor([True]))
+    for k in only:
+        torch.testing.assert_close(mixed[k], only[k])
+    assert mixed["loss_det_box"].item() > 0
+
+    # no image labelled: all losses exactly 0, zero gradient, graph still connected
+    head.zero_grad()
+    raw = head(feats)
+    none = head.loss(raw, [{}, {}], torch.tensor([False, False]))
+    assert all(v.item() == 0.0 for v in none.values())
+    sum(none.values()).backward()
+    grads = [p.grad for p in head.parameters()]
+    assert all(g is not None for g in grads[:2])
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+
+def _level_of(head: DetectionHead, sizes: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+
+@pytest.mark.parametrize(
+    "box,levels",
+    [
+        ((100.0, 100.0, 120.0, 120.0), {0}),  # 20 px -> P3
+        ((150.0, 150.0, 350.0, 350.0), {1, 2}),  # 200 px: max(l,t,r,b) ~100-148 -> P4 and P5
+        ((100.0, 100.0, 400.0, 400.0), {2}),  # 300 px -> P5
+        ((0.0, 0.0, 512.0, 512.0), {3}),  # 512 px -> P6
+    ],
+)
+def test_detection_assignment_levels(box, levels):
+    head = _det_head()
+    size = 512
+    shapes = [(math.ceil(size / s), math.ceil(size / s)) for s in head.strides]
+    points = head.points(shapes, torch.device("cpu"))
+    sizes = [h * w for h, w in shapes]
+    labels, reg = head.assign(points, sizes, torch.tensor([box]), torch.tensor([2]))
+    pos = labels >= 0
+    assert pos.any()
+    assert set(labels[pos].tolist()) == {2}
+    assert set(_level_of(head, sizes)[pos].tolist()) == levels
+    x1, y1, x2, y2 = box
+    p = points[pos]
+    assert ((p[:, 0] > x1) & (p[:, 0] < x2) & (p[:, 1] > y1) & (p[:, 1] < y2)).all()
+    # regression targets reproduce the box
+    decoded = torch.cat([p - reg[pos][:, :2], p + reg[pos][:, 2:]], dim=1)
+    torch.testing.assert_close(decoded, torch.tensor([box]).expand_as(decoded))
+    # centre sampling: positives within radius * stride of the centre
+    stride = torch.tensor(head.strides, dtype=torch.float32)[_level_of(head, sizes)[pos]]
+    centre = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2])
+    assert ((p - centre).abs().amax(dim=1) < head.center_sampling_radius * stride).all()
+
+
+def test_detection_size_ranges_and_ambiguity():
+    head = _det_head()
+    assert head.size_ranges == ((-1, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
+    shapes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    points = head.points(shapes, torch.device("cpu"))
+    sizes = [h * w for h, w in shapes]
+    # a small box inside a large one at the same level: shared points take the smaller box
+    boxes = torch.tensor([[0.0, 0.0, 60.0, 60.0], [16.0, 16.0, 40.0, 40.0]])
+    labels, _ = head.assign(points, sizes, boxes, torch.tensor([0, 1]))
+    in_small = (points[:, 0] > 16) & (points[:, 0] < 40) & (points[:, 1] > 16) & (points[:, 1] < 40) & (labels >= 0)
+    assert in_small.any() and (labels[in_small] == 1).all()
+    empty_labels, _ = head.assign(points, sizes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    assert (empty_labels == -1).all()
+
+
+def test_detection_predict_scales_to_orig_sizes():
+    head = _det_head(score_thresh=0.0)
+    head.eval()
+    with torch.no_grad():
+        raw = head(_det_features(2, S))
+    plain = head.predict(raw, [(S, S), (S, S)])
+    scaled = head.predict(raw, [(S, S), (S, S)], orig_sizes=[(2 * S, 2 * S), (2 * S, 2 * S)])
+    for a, b in zip(plain, scaled):
+        assert a["boxes"].shape[0] > 0
+        assert a["boxes"].dtype == torch.float32 and a["labels"].dtype == torch.int64
+        assert (a["boxes"] >= 0).all() and (a["boxes"] <= S).all()
+        torch.testing.assert_close(b["boxes"], a["boxes"] * 2)
+        torch.testing.assert_close(b["scores"], a["scores"])
+    # anisotropic: (h, w) 64x32 input region -> 32x128 original
+    aniso = head.predict(raw, [(S, 32), (S, 32)], orig_sizes=[(32, 128), (32, 128)])[0]
+    clipped = head.predict(raw, [(S, 32), (S, 32)])[0]
+    expected = clipped["boxes"] * torch.tensor([4.0, 0.5, 4.0, 0.5])
+    torch.testing.assert_close(aniso["boxes"], expected)
+
+
+# ---------------------------------------------------------------------------- seg / cls
+def test_segmentation_loss_and_predict():
+    head = SegmentationHead("seg", 16, 4, channels=16)
+    feats = {f"p{k}": torch.randn(2, 16, S // 2**k, S // 2**k) for k in range(2, 6)}
+    raw = head(feats)
+    assert raw["logits"].shape == (2, 4, S // 4, S // 4)
+    targets = _targets()
+    loss = head.loss(raw, targets, torch.tensor([True, False]))["loss_seg_ce"]
+    assert torch.isfinite(loss) and loss.item() > 0
+    ignored = [{"mask": torch.full((S, S), 255)}] * 2
+    assert head.loss(raw, ignored, torch.tensor([True, True]))["loss_seg_ce"].item() == 0.0
+    assert head.loss(raw, [{}, {}], torch.tensor([False, False]))["loss_seg_ce"].item() == 0.0
+    preds = head.predict(raw, torch.tensor([[S, S], [40, 50]]), orig_sizes=[(S // 2, S // 2), (80, 100)])
+    assert preds[0]["mask"].shape == (S // 2, S // 2) and preds[1]["mask"].shape == (80, 100)
+    assert preds[1]["mask"].dtype == torch.int64 and preds[1]["mask"].max() < 4
+
+
+def test_classification_multiclass_attr():
+    head = ClassificationHead("colour", 16, 3, multilabel=False, label_smoothing=0.1, hidden=0, attr="colour")
+    raw = head({"c5": torch.randn(3, 16, 2, 2)})
+    targets = [{"attrs": {"colour": 2}}, {}, {"attrs": {"colour": 0}}]
+    loss = head.loss(raw, targets, torch.tensor([True, False, True]))["loss_colour_cls"]
+    expected = nn.functional.cross_entropy(raw["logits"][[0, 2]], torch.tensor([2, 0]), label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    preds = head.predict(raw, [(S, S)] * 3)
+    for p, logits in zip(preds, raw["logits"]):
+        assert p["labels"].tolist() == [int(logits.argmax())]
+        torch.testing.assert_close(p["probs"].sum(), torch.tensor(1.0))
+
+
+def test_classification_multilabel_predict_sorted():
+    head = ClassificationHead("tags", 16, 4)
+    raw = {"logits": torch.tensor([[3.0, -2.0, 5.0, 0.1]])}
+    p = head.predict(raw, [(S, S)])[0]
+    assert p["labels"].tolist() == [2, 0, 3]
+    loss = head.loss(raw, [{"labels": torch.tensor([2, 0])}], torch.tensor([True]))["loss_tags_cls"]
+    expected = nn.functional.binary_cross_entropy_with_logits(raw["logits"], torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(loss, expected)
+
+
+# ---------------------------------------------------------------------------- backbone
+def test_backbone_strides_channels_and_shapes():
+    bb = Backbone("resnet18", levels=("p2", "p3", "p4", "p5", "p6", "p7"), fpn_channels=32)
+    assert bb.strides == {"c5": 32, "p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+    assert bb.out_channels == {"c5": 512, **{f"p{k}": 32 for k in range(2, 8)}}
+    feats = bb(torch.randn(1, 3, 128, 96))
+    assert set(feats) == set(bb.strides)
+    for k, f in feats.items():
+        assert f.shape == (1, bb.out_channels[k], math.ceil(128 / bb.strides[k]), math.ceil(96 / bb.strides[k]))
+    bb50 = Backbone("resnet50", levels=("c5",))
+    assert bb50.out_channels == {"c5": 2048} and bb50.fpn is None
+    assert Backbone("resnet18", levels=("c2", "c5")).out_channels == {"c2": 64, "c5": 512}
+    with pytest.raises(ValueError, match="resnet18"):
+        Backbone("vgg16")
+
+
+def test_backbone_freeze_bn_keeps_running_stats():
+    bb = Backbone("resnet18", levels=("p3",), fpn_channels=16, freeze_bn=True)
+    bb.train()
+    bns = [m for m in bb.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    bb(torch.randn(2, 3, S, S) * 3 + 1)
+    for m, (mean, var) in zip(bns, before):
+        assert not m.training
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert not any(p.requires_grad for p in m.parameters())
+    assert bb.fpn.training
+    # without freezing the statistics do move
+    free = Backbone("resnet18", levels=("c5",))
+    free.train()
+    mean = free.body.bn1.running_mean.clone()
+    free(torch.randn(2, 3, S, S) * 3 + 1)
+    assert not torch.equal(free.body.bn1.running_mean, mean)
+
+
+@pytest.mark.parametrize("k,frozen", [(0, []), (1, ["conv1", "bn1"]), (2, ["conv1", "bn1", "layer1"]), (5, ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"])])
+def test_backbone_freeze_stages(k, frozen):
+    bb = Backbone("resnet18", levels=("c5",), freeze_stages=k)
+    bb.train()
+    for name, p in bb.body.named_parameters():
+        top = name.split(".")[0]
+        assert p.requires_grad == (top not in frozen), name
+    for name, m in bb.body.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.training == (name.split(".")[0] not in frozen), name
+
+
+def test_backbone_weights_path_roundtrip(tmp_path):
+    ref = torchvision.models.resnet18()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, path)
+    bb = Backbone("resnet18", weights=str(path), levels=("c5",))
+    own = bb.body.state_dict()
+    for k, v in ref.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(own[k], v), k
+    raw_path = tmp_path / "raw.pth"
+    torch.save({"backbone." + k: v for k, v in ref.state_dict().items()}, raw_path)
+    bb2 = Backbone("resnet18", weights=str(raw_path), levels=("c5",))
+    assert torch.equal(bb2.body.conv1.weight, ref.conv1.weight)
+
+    nomatch = tmp_path / "nomatch.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, nomatch)
+    with pytest.raises(WeightsError, match="no parameter names match"):
+        Backbone("resnet18", weights=str(nomatch), levels=("c5",))
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(WeightsError, match=str(missing)):
+        Backbone("resnet18", weights=str(missing), levels=("c5",))
+
+
+def test_backbone_imagenet_offline_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    filename = os.path.basename(torchvision.models.get_model_weights("resnet18").DEFAULT.url)
+    expected = os.path.join(str(tmp_path), "checkpoints", filename)
+    with pytest.raises(WeightsError) as info:
+        Backbone("resnet18", weights="imagenet", levels=("c5",))
+    msg = str(info.value)
+    assert expected in msg
+    assert "could not download https://" in msg and "weights: /path/to/file.pth" in msg
+
+
+# ---------------------------------------------------------------------------- autocast
+def test_autocast_bf16_channels_last():
+    model = build_model(BACKBONE, TASKS)
+    model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, S, S).contiguous(memory_format=torch.channels_last)
+    batch = _batch(model, _targets())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model(images)
+        losses = model.loss(raw, batch)
+    assert raw["det"]["cls_logits"].dtype == torch.bfloat16
+    for k, v in losses.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        preds = model.predict(model(images), [(S, S)] * 2)
+    assert preds[0]["det"]["boxes"].dtype == torch.float32
+    assert preds[0]["seg"]["mask"].shape == (S, S)
+
+
+# ---------------------------------------------------------------------------- overfit
+def _synthetic(size: int) -> tuple[torch.Tensor, list[dict]]:
+    colours = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]]) * 2
+    layouts = [[(6, 6, 30, 34, 0), (36, 30, 60, 58, 1)], [(12, 12, 50, 32, 2), (6, 38, 30, 60, 0)]]
+    g = torch.Generator().manual_seed(0)
+    images, targets = [], []
+    for rects in layouts:
+        img = torch.randn(3, size, size, generator=g) * 0.5
+        mask = torch.zeros(size, size, dtype=torch.int64)
+        for x1, y1, x2, y2, c in rects:
+            img[:, y1:y2, x1:x2] = colours[c][:, None, None]
+            mask[y1:y2, x1:x2] = c + 1
+        images.append(img)
+        labels = [r[4] for r in rects]
+        targets.append(
+            {
+                "boxes": torch.tensor([r[:4] for r in rects], dtype=torch.float32),
+                "box_labels": torch.tensor(labels),
+                "mask": mask,
+                "labels": torch.tensor(sorted(set(labels))),
+            }
+        )
+    return torch.stack(images), targets
+
+
+def test_tiny_overfit():
+    images, targets = _synthetic(S)
+    model = build_model(
+        BACKBONE,
+        {
+            "cls": {"type": "classification", "num_classes": 3, "hidden": 32},
+            "det": {"type": "detection", "num_classes": 3, "channels": 32},
+            "seg": {"type": "segmentation", "num_classes": 4, "channels": 32},
+        },
+    )
+    batch = _batch(model, targets)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    model.train()
+    for _ in range(60):
+        losses = model.loss(model(images), batch)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict(model(images), [(S, S)] * 2)
+    for p, t in zip(preds, targets):
+        det = p["det"]
+        iou = box_iou(t["boxes"], det["boxes"]) * (t["box_labels"][:, None] == det["labels"][None, :])
+        assert (iou.amax(dim=1) > 0.5).all(), iou.amax(dim=1)
+        assert (p["seg"]["mask"] == t["mask"]).float().mean() > 0.9
+        assert p["cls"]["labels"].sort().values.tolist() == t["labels"].tolist()

@@ -1,0 +1,237 @@
+"""Semantic segmentation heads: Semantic FPN (Panoptic FPN) or DeepLabV3+-style ASPP.
+
+``kind="fpn"`` (default levels ``p2..p5``): every level goes through
+``max(1, log2(stride / out_stride))`` x (3x3 conv, GroupNorm, ReLU, 2x bilinear upsample
+except after a level already at the output stride), the branches are summed and a 1x1 conv
+classifies at the finest level's stride (4 for P2).
+
+``kind="aspp"`` (default levels ``("c2", "c5")``, i.e. DeepLabV3+ on the ResNet stages, no FPN
+needed): :class:`torchvision.models.segmentation.deeplabv3.ASPP` (its BatchNorms replaced by
+GroupNorm so batch size 1 trains) on the coarsest level, upsampled and concatenated with a
+48-channel 1x1 projection of the finest level, then two 3x3 conv blocks and a 1x1 classifier at
+the finest level's stride. With a single level (e.g. ``("c5",)``) it is plain DeepLabV3 at that
+level's stride.
+
+Logits stay at the output stride in :meth:`forward`; :meth:`loss` and :meth:`predict` upsample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.segmentation.deeplabv3 import ASPP, ASPPPooling
+
+__all__ = ["SegmentationHead"]
+
+_DEFAULT_LEVELS = {"fpn": ("p2", "p3", "p4", "p5"), "aspp": ("c2", "c5")}
+_LEVEL_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+
+
+def _hw_list(sizes: Sequence | Tensor | None, n: int) -> list[tuple[int, int]] | None:
+    if sizes is None:
+        return None
+    if isinstance(sizes, Tensor):
+        sizes = sizes.tolist()
+    out = [(int(s[0]), int(s[1])) for s in sizes]
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} image sizes for a batch of {n}")
+    return out
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the most groups (<= 32) dividing ``channels`` that keeps >= 4 channels per group."""
+    groups = max(g for g in range(1, 33) if channels % g == 0 and (channels // g >= 4 or g == 1))
+    return nn.GroupNorm(groups, channels)
+
+
+def _conv_gn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), _group_norm(cout), nn.ReLU(inplace=True))
+
+
+def _bn_to_gn(module: nn.Module) -> None:
+    """Replace BatchNorm2d by GroupNorm; in ASPP's 1x1 image-pooling branch by GroupNorm(1, C)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            pooled = isinstance(module, ASPPPooling)
+            setattr(module, name, nn.GroupNorm(1, child.num_features) if pooled else _group_norm(child.num_features))
+        else:
+            _bn_to_gn(child)
+
+
+def default_levels(kind: str = "fpn") -> tuple[str, ...]:
+    """Feature levels a segmentation head of ``kind`` reads by default."""
+    if kind not in _DEFAULT_LEVELS:
+        raise ValueError(f"unknown segmentation head kind {kind!r}; valid: {', '.join(_DEFAULT_LEVELS)}")
+    return _DEFAULT_LEVELS[kind]
+
+
+class _FPNBranch(nn.Module):
+    def __init__(self, cin: int, channels: int, n_up: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_conv_gn_relu(cin if i == 0 else channels, channels) for i in range(max(n_up, 1)))
+        self.n_up = n_up
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+            if self.n_up > 0:
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+
+class SegmentationHead(nn.Module):
+    """Semantic segmentation head.
+
+    Args:
+        task: task name, used in the loss key ``loss_<task>_ce``.
+        in_channels: channels of the input levels: one int for all, or ``{level: channels}``.
+        num_classes: number of classes ``C``.
+        levels: feature keys read, finest first (default per ``kind``, see module docstring).
+        channels: internal width.
+        kind: ``"fpn"`` (Semantic FPN) or ``"aspp"`` (DeepLabV3+).
+        ignore_index: target value excluded from the loss.
+        strides: stride of each level (``None``: from the level names, ``pk``/``ck`` -> ``2**k``).
+        atrous_rates: ASPP dilations (``None``: ``(6, 12, 18)`` scaled by ``16 / stride``).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        in_channels: int | Mapping[str, int],
+        num_classes: int,
+        levels: Sequence[str] | None = None,
+        channels: int = 128,
+        kind: str = "fpn",
+        ignore_index: int = 255,
+        strides: Sequence[int] | None = None,
+        atrous_rates: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"task '{task}': head has zero classes")
+        if isinstance(levels, str):
+            levels = (levels,)
+        self.levels = tuple(levels) if levels else default_levels(kind)
+        if strides is None:
+            strides = [2 ** int(lv[1:]) for lv in self.levels]
+        self.strides = tuple(int(s) for s in strides)
+        if len(self.strides) != len(self.levels):
+            raise ValueError(f"segmentation head: {len(self.levels)} levels but {len(self.strides)} strides")
+        order = sorted(range(len(self.levels)), key=lambda i: self.strides[i])
+        self.levels = tuple(self.levels[i] for i in order)
+        self.strides = tuple(self.strides[i] for i in order)
+        self.task = task
+        self.kind = kind
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.out_stride = self.strides[0]
+        cin = {lv: int(in_channels[lv]) for lv in self.levels} if isinstance(in_channels, Mapping) else {lv: int(in_channels) for lv in self.levels}
+
+        if kind == "fpn":
+            self.branches = nn.ModuleList(
+                _FPNBranch(cin[lv], channels, int(round(math.log2(s / self.out_stride)))) for lv, s in zip(self.levels, self.strides)
+            )
+            self.classifier = nn.Conv2d(channels, num_classes, 1)
+        elif kind == "aspp":
+            high = self.levels[-1]
+            if atrous_rates is None:
+                f = 16.0 / self.strides[-1]
+                atrous_rates = tuple(max(1, int(round(r * f))) for r in (6, 12, 18))
+            self.aspp = ASPP(cin[high], list(atrous_rates), channels)
+            _bn_to_gn(self.aspp)
+            if len(self.levels) > 1:
+                self.low_proj = _conv_gn_relu(cin[self.levels[0]], 48, k=1)
+                fuse_in = channels + 48
+            else:
+                self.low_proj = None
+                fuse_in = channels
+            self.fuse = nn.Sequential(_conv_gn_relu(fuse_in, channels), _conv_gn_relu(channels, channels))
+            self.classifier = nn.Conv2d(channels, num_classes, 1)
+        else:
+            raise ValueError(f"unknown segmentation head kind {kind!r}; valid: {', '.join(_DEFAULT_LEVELS)}")
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Args: ``features[level]`` float ``[B, C_l, H/s_l, W/s_l]``.
+
+        Returns:
+            ``{"logits": [B, num_classes, H/out_stride, W/out_stride]}`` (``out_stride`` = the
+            finest level's stride, 4 by default).
+        """
+        finest = features[self.levels[0]]
+        size = (finest.shape[-2], finest.shape[-1])
+        if self.kind == "fpn":
+            x = None
+            for lv, branch in zip(self.levels, self.branches):
+                y = branch(features[lv], size)
+                x = y if x is None else x + y
+        else:
+            x = self.aspp(features[self.levels[-1]])
+            if self.low_proj is not None:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                x = torch.cat([x, self.low_proj(finest)], dim=1)
+            x = self.fuse(x)
+        return {"logits": self.classifier(x)}
+
+    def loss(self, raw: Mapping[str, Tensor], targets: Sequence[Mapping], has: Tensor) -> dict[str, Tensor]:
+        """Pixel cross-entropy over images whose ``has`` is true.
+
+        Args:
+            raw: output of :meth:`forward`.
+            targets: per-image dicts with ``mask`` int64 ``[H, W]`` (padded batch size, 255 =
+                ignore).
+            has: bool ``[B]``.
+
+        Returns:
+            ``{"loss_<task>_ce": scalar float32}``: mean over non-ignored pixels of the labelled
+            images (logits bilinearly upsampled to the mask size); ``0 * logits.sum()`` when none.
+        """
+        logits = raw["logits"]
+        key = f"loss_{self.task}_ce"
+        idx = [i for i, h in enumerate(has.tolist()) if h]
+        if not idx:
+            return {key: logits.sum() * 0}
+        masks = torch.stack([torch.as_tensor(targets[i]["mask"]) for i in idx]).to(device=logits.device, dtype=torch.int64)
+        sel = logits if len(idx) == logits.shape[0] else logits[torch.as_tensor(idx, device=logits.device)]
+        sel = F.interpolate(sel.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        total = F.cross_entropy(sel, masks, ignore_index=self.ignore_index, reduction="sum")
+        valid = (masks != self.ignore_index).sum().clamp_min(1)
+        return {key: total / valid}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        raw: Mapping[str, Tensor],
+        image_sizes: Sequence | Tensor,
+        orig_sizes: Sequence | Tensor | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Per-image class masks.
+
+        Logits are bilinearly upsampled by ``out_stride`` over the valid region, cropped to
+        ``image_sizes[i]``, arg-maxed, and the label map nearest-resized to ``orig_sizes[i]``.
+
+        Returns:
+            One dict per image: ``{"mask": int64 [h, w]}`` (original size when given, else the
+            input region size).
+        """
+        logits = raw["logits"]
+        b = logits.shape[0]
+        s = self.out_stride
+        sizes = _hw_list(image_sizes, b)
+        origs = _hw_list(orig_sizes, b)
+        results = []
+        for i in range(b):
+            h, w = sizes[i]
+            hc, wc = min(math.ceil(h / s), logits.shape[-2]), min(math.ceil(w / s), logits.shape[-1])
+            region = logits[i : i + 1, :, :hc, :wc].float()
+            up = F.interpolate(region, size=(hc * s, wc * s), mode="bilinear", align_corners=False)[..., :h, :w]
+            mask = up.argmax(dim=1)  # [1, h, w]
+            if origs is not None and tuple(origs[i]) != (h, w):
+                mask = F.interpolate(mask[None].float(), size=origs[i], mode="nearest-exact")[0].round().long()
+            results.append({"mask": mask[0].to(torch.int64)})
+        return results

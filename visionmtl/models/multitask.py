@@ -1,0 +1,178 @@
+"""One backbone, many heads: :class:`MultiTaskModel` and :func:`build_model`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from visionmtl.models.backbone import LEVEL_STRIDES, Backbone
+from visionmtl.models.heads.classification import ClassificationHead
+from visionmtl.models.heads.detection import DetectionHead
+from visionmtl.models.heads.segmentation import SegmentationHead, default_levels
+
+__all__ = ["HEAD_TYPES", "MultiTaskModel", "build_model", "head_levels"]
+
+HEAD_TYPES: dict[str, type[nn.Module]] = {
+    "classification": ClassificationHead,
+    "detection": DetectionHead,
+    "segmentation": SegmentationHead,
+}
+
+_DETECTION_LEVELS = ("p3", "p4", "p5", "p6", "p7")
+
+
+class MultiTaskModel(nn.Module):
+    """A shared :class:`Backbone` feeding one head per task.
+
+    Args:
+        backbone: feature extractor, ``backbone(images) -> {level: Tensor}``.
+        heads: task name -> head module (see ``docs/design.md`` for the head contract).
+    """
+
+    def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("a MultiTaskModel needs at least one task head")
+        for name in heads:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"invalid task name {name!r} (non-empty, no '.')")
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(dict(heads))
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in head order."""
+        return list(self.heads.keys())
+
+    def forward(self, images: Tensor) -> dict[str, dict[str, Tensor]]:
+        """Args: ``images`` float ``[B, 3, H, W]``. Returns: ``{task: head raw outputs}``."""
+        features = self.backbone(images)
+        return {task: head(features) for task, head in self.heads.items()}
+
+    def loss(self, raw: Mapping[str, Mapping[str, Tensor]], batch: Any) -> dict[str, Tensor]:
+        """Every head's losses, merged.
+
+        Args:
+            raw: output of :meth:`forward`.
+            batch: any object with ``targets`` (list of per-image dicts) and ``has``
+                (``{task: bool [B]}``; a missing task counts as unlabelled everywhere).
+
+        Returns:
+            ``{"loss_<task>_<term>": scalar}`` for every task.
+        """
+        targets = batch.targets
+        out: dict[str, Tensor] = {}
+        for task, head in self.heads.items():
+            has = batch.has.get(task) if hasattr(batch.has, "get") else batch.has[task]
+            if has is None:
+                has = torch.zeros(len(targets), dtype=torch.bool)
+            out.update(head.loss(raw[task], targets, has))
+        return out
+
+    @torch.no_grad()
+    def predict(
+        self,
+        raw: Mapping[str, Mapping[str, Tensor]],
+        image_sizes: Sequence | Tensor,
+        orig_sizes: Sequence | Tensor | None = None,
+    ) -> list[dict[str, dict[str, Tensor]]]:
+        """Per-image predictions of every task.
+
+        Args:
+            raw: output of :meth:`forward`.
+            image_sizes: ``(h, w)`` valid input region per image.
+            orig_sizes: optional ``(h, w)`` original image size per image.
+
+        Returns:
+            One dict per image: ``{task: head result}`` (classification ``labels``/``scores``/
+            ``probs``, detection ``boxes``/``scores``/``labels``, segmentation ``mask``).
+        """
+        n = len(image_sizes)
+        results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
+        for task, head in self.heads.items():
+            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes)):
+                results[i][task] = r
+        return results
+
+
+def head_levels(head_type: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Backbone levels a head of ``head_type`` configured by ``cfg`` reads."""
+    if head_type == "classification":
+        return ("c5",)
+    if head_type == "detection":
+        return tuple(cfg.get("levels") or _DETECTION_LEVELS)
+    if head_type == "segmentation":
+        return tuple(cfg.get("levels") or default_levels(cfg.get("kind", "fpn")))
+    raise ValueError(f"unknown head type {head_type!r}; valid: {', '.join(HEAD_TYPES)}")
+
+
+def _check_kwargs(task: str, cls: type, kwargs: Mapping[str, Any]) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in params or k in ("self", "task", "in_channels", "num_classes"))
+    if unknown:
+        valid = [p for p in params if p not in ("self", "task", "in_channels", "num_classes")]
+        raise ValueError(f"task '{task}': unknown {cls.__name__} options {unknown}; valid: {valid}")
+
+
+def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]]) -> MultiTaskModel:
+    """Build a backbone with exactly the levels the heads need, and the heads on top.
+
+    Args:
+        backbone_kwargs: :class:`Backbone` keyword arguments; ``levels`` is computed from the
+            heads (detection P3-P7, segmentation P2-P5 for ``fpn`` / C2+C5 for ``aspp``,
+            classification C5) and replaces any given value.
+        tasks: task name -> ``{"type": "classification"|"detection"|"segmentation",
+            "num_classes": int (or "classes": list of names), **head kwargs}``.
+
+    Raises:
+        ValueError: no tasks, an unknown type or option, or a task with fewer than 1 class.
+    """
+    if not tasks:
+        raise ValueError("no tasks configured: a model needs at least one head")
+    specs: dict[str, tuple[str, int, dict[str, Any]]] = {}
+    needed: set[str] = set()
+    for name, raw_cfg in tasks.items():
+        cfg = dict(raw_cfg)
+        head_type = cfg.pop("type", None)
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"task '{name}': unknown head type {head_type!r}; valid: {', '.join(HEAD_TYPES)}")
+        classes = cfg.pop("classes", None)
+        num_classes = cfg.pop("num_classes", None)
+        if num_classes is None:
+            if classes is None:
+                raise ValueError(f"task '{name}': num_classes (or classes) is required")
+            num_classes = len(classes)
+        if int(num_classes) < 1:
+            raise ValueError(f"task '{name}': head has zero classes")
+        _check_kwargs(name, HEAD_TYPES[head_type], cfg)
+        levels = head_levels(head_type, cfg)
+        bad = [lv for lv in levels if lv not in LEVEL_STRIDES]
+        if bad:
+            raise ValueError(f"task '{name}': unknown feature levels {bad}; valid: {', '.join(LEVEL_STRIDES)}")
+        needed.update(levels)
+        specs[name] = (head_type, int(num_classes), cfg)
+
+    bb_kwargs = dict(backbone_kwargs)
+    bb_kwargs["levels"] = tuple(sorted(needed, key=lambda lv: (LEVEL_STRIDES[lv], lv)))
+    backbone = Backbone(**bb_kwargs)
+
+    heads: dict[str, nn.Module] = {}
+    for name, (head_type, num_classes, cfg) in specs.items():
+        if head_type == "classification":
+            heads[name] = ClassificationHead(name, backbone.out_channels["c5"], num_classes, **cfg)
+            continue
+        levels = head_levels(head_type, cfg)
+        cfg.setdefault("levels", levels)
+        cfg.setdefault("strides", [backbone.strides[lv] for lv in levels])
+        if head_type == "detection":
+            chans = {backbone.out_channels[lv] for lv in levels}
+            if len(chans) != 1:
+                raise ValueError(f"task '{name}': detection levels {levels} have different channels {sorted(chans)}")
+            heads[name] = DetectionHead(name, chans.pop(), num_classes, **cfg)
+        else:
+            heads[name] = SegmentationHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_classes, **cfg)
+    return MultiTaskModel(backbone, heads)
