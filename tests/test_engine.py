@@ -44,19 +44,25 @@ def read_jsonl(path: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == kind]
 
 
-def test_learning_all_losses_fall_and_detection_finds_objects(shapes_dir, tmp_path):
-    cfg = tiny_cfg(shapes_dir, tmp_path, epochs=12)
+def test_learning_all_losses_fall_and_detection_finds_objects(tmp_path_factory, tmp_path):
+    """Through the real Trainer: 8 shapes images, 60 steps; all losses fall and objects are found."""
+    from visionmtl.data.shapes import make_shapes
+
+    data = tmp_path_factory.mktemp("shapes8")
+    make_shapes(data, train=8, val=4, size=64, seed=1)
+    cfg = tiny_cfg(data, tmp_path, epochs=60, eval_interval=60, lr=0.004, warmup_iters=10)
     cfg.data.val = cfg.data.train  # capacity: can it learn its own images
+    cfg.data.augment.hflip = 0.0
     trainer = Trainer(cfg)
     metrics = trainer.train()
     hist = trainer.history
     for key in ("loss_cls_cls", "loss_det_cls", "loss_det_box", "loss_seg_ce"):
         first = sum(h[key] for h in hist[:5]) / 5
         last = sum(h[key] for h in hist[-5:]) / 5
-        assert last < 0.8 * first, (key, first, last)
-    assert metrics["det"]["mAP50"] > 0.3, metrics["det"]
-    assert metrics["seg"]["mIoU"] > 0.4, metrics["seg"]
-    assert metrics["cls"]["mAP"] > 0.6, metrics["cls"]
+        assert last < 0.7 * first, (key, first, last)
+    assert metrics["det"]["mAP50"] > 0.5, metrics["det"]
+    assert metrics["seg"]["mIoU"] > 0.5, metrics["seg"]
+    assert metrics["cls"]["mAP"] > 0.8, metrics["cls"]
     # outputs: checkpoints, resolved config, logs, curves
     for name in ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "loss_curves.png", "metric_curves.png"):
         assert (tmp_path / name).is_file(), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -177,7 +178,8 @@ class Trainer:
             self.net.train()
             n_bad = 0
             bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not self.main,
-                       dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False,
+                       mininterval=0.5 if sys.stderr.isatty() else 60.0)  # logs: about one line a minute
             running: dict[str, float] = {}
             for batch in bar:
                 n_bad += batch.n_bad
