@@ -79,8 +79,10 @@ class AugmentConfig:
     scale: list[float] = field(default_factory=lambda: [0.5, 1.5])  # random rescale range (train)
     crop: bool = True  # random crop back to img_size after rescale (train)
     hflip: float = 0.5
-    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
-    hue: float = 0.02
+    color_jitter: float = 0.2  # brightness and contrast strength; 0 disables
+    saturation: float = 0.1  # fraction of the saturation range; 0 (and hue 0) disables
+    hue: float = 0.02  # fraction of the hue circle
+    hsv_p: float = 0.5  # probability of the hue/saturation jitter
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 

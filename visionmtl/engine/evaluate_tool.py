@@ -27,10 +27,8 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     load_model_state(model, ckpt["model"], checkpoint)
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=mf).eval()
-    loader = build_loader(cfg, split, shuffle=False)
-    if split == "train":  # evaluate training images without augmentation
-        from ..data.loader import build_dataset  # noqa: F401
-        loader = _eval_loader_for_train(cfg)
+    # the training split is evaluated with the eval transforms (no augmentation)
+    loader = _eval_loader_for_train(cfg) if split == "train" else build_loader(cfg, split, shuffle=False)
     return evaluate(model, loader, cfg.tasks, dev, pick_amp(cfg.train.amp, dev), cfg.train.channels_last)
 
 
@@ -43,7 +41,7 @@ def _eval_loader_for_train(cfg):
     tf = build_transforms(cfg.data.img_size, cfg.data.augment, train=False)
     ds = MultiDataset(build_datasets(cfg, "train", tf))
     return torch.utils.data.DataLoader(ds, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
-                                       num_workers=cfg.data.workers, collate_fn=Collate(cfg.tasks))
+                                       num_workers=cfg.data.workers, collate_fn=Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std))
 
 
 def _brief(classes: dict) -> str:

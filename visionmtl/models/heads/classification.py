@@ -12,7 +12,7 @@ __all__ = ["ClassificationHead"]
 
 
 class ClassificationHead(nn.Module):
-    """Global-average-pooled ``c5`` -> Linear -> ReLU -> (Dropout) -> Linear.
+    """Globally pooled ``c5`` -> Linear -> ReLU -> (Dropout) -> Linear.
 
     Args:
         task: task name, used in loss keys (``loss_<task>_cls``).
@@ -27,6 +27,9 @@ class ClassificationHead(nn.Module):
         attr: when set, the class id is read from ``target["attrs"][attr]`` (an int) instead of
             ``target["labels"]``.
         threshold: multi-label decision threshold on sigmoid probabilities in :meth:`predict`.
+        pool: ``"avg"``, ``"max"`` or ``"avgmax"`` (both, concatenated). Max pooling keeps a small
+            object's evidence that averaging over the whole map dilutes, which matters for
+            multi-label presence; ``avgmax`` is the default.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class ClassificationHead(nn.Module):
         dropout: float = 0.0,
         attr: str | None = None,
         threshold: float = 0.5,
+        pool: str = "avgmax",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -51,6 +55,10 @@ class ClassificationHead(nn.Module):
         self.attr = attr
         self.threshold = float(threshold)
         self.level = "c5"
+        if pool not in ("avg", "max", "avgmax"):
+            raise ValueError(f"task '{task}': pool must be avg, max or avgmax, got {pool!r}")
+        self.pool = pool
+        in_channels = in_channels * 2 if pool == "avgmax" else in_channels
         if hidden and hidden > 0:
             layers: list[nn.Module] = [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
             if dropout > 0:
@@ -66,7 +74,13 @@ class ClassificationHead(nn.Module):
 
         Returns: ``{"logits": [B, C]}``.
         """
-        pooled = features[self.level].mean(dim=(2, 3))
+        x = features[self.level]
+        if self.pool == "avg":
+            pooled = x.mean(dim=(2, 3))
+        elif self.pool == "max":
+            pooled = x.amax(dim=(2, 3))
+        else:
+            pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
         return {"logits": self.mlp(pooled)}
 
     def _target_ids(self, target: Mapping) -> Tensor:
