@@ -38,6 +38,7 @@ def main(args) -> None:
 
     from visionmtl.config import load_config
     from visionmtl.data.base import read_image
+    from visionmtl.data.collate import Collate
     from visionmtl.data.shapes import ensure_shapes
     from visionmtl.engine.trainer import Trainer
     from visionmtl.inference.draw import draw_result
@@ -65,13 +66,14 @@ def main(args) -> None:
     pred_dir.mkdir(parents=True, exist_ok=True)
     import torch
 
+    collate = Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std)
     for i in range(min(args.draw, len(val))):
-        sample = val[i]
+        batch = collate([val[i]])
+        meta = batch.meta[0]
         with torch.inference_mode():
-            raw = net(sample["image"][None].to(trainer.device, memory_format=trainer.memory_format))
-            pred = net.predict(raw, [sample["meta"]["input_size"]], [sample["meta"]["orig_size"]])[0]
-        img = read_image(sample["meta"]["path"])
-        drawn = draw_result(img, pred, cfg.tasks, score_thresh=0.3)
+            raw = net(batch.images.to(trainer.device, memory_format=trainer.memory_format))
+            pred = net.predict(raw, [meta["input_size"]], [meta["orig_size"]])[0]
+        drawn = draw_result(read_image(meta["path"]), pred, cfg.tasks, score_thresh=0.5)
         cv2.imwrite(str(pred_dir / f"{i:03d}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     summary = {n: {k: v for k, v in m.items() if k != "per_class"} for n, m in metrics.items() if isinstance(m, dict)}
