@@ -28,30 +28,15 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
+from .common import group_norm, hw_list
+
 __all__ = ["DetectionHead", "Scale"]
 
 _DEFAULT_LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 
-def _hw_list(sizes: Sequence | Tensor | None, n: int) -> list[tuple[int, int]] | None:
-    if sizes is None:
-        return None
-    if isinstance(sizes, Tensor):
-        sizes = sizes.tolist()
-    out = [(int(s[0]), int(s[1])) for s in sizes]
-    if len(out) != n:
-        raise ValueError(f"got {len(out)} image sizes for a batch of {n}")
-    return out
-
-
 def _level_stride(level: str) -> int:
     return 2 ** int(level[1:])
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the most groups (<= 32) dividing ``channels`` that keeps >= 4 channels per group."""
-    groups = max(g for g in range(1, 33) if channels % g == 0 and (channels // g >= 4 or g == 1))
-    return nn.GroupNorm(groups, channels)
 
 
 def _reduce_mean(t: Tensor) -> Tensor:
@@ -177,7 +162,7 @@ class DetectionHead(nn.Module):
         for _ in range(num_convs):
             layers.append(nn.Conv2d(c, channels, 3, padding=1))
             if norm == "gn":
-                layers.append(_group_norm(channels))
+                layers.append(group_norm(channels))
             layers.append(nn.ReLU(inplace=True))
             c = channels
         return nn.Sequential(*layers)
@@ -418,8 +403,8 @@ class DetectionHead(nn.Module):
         prob = torch.sigmoid(cls)
         if "centerness" in raw:
             prob = (prob * torch.sigmoid(raw["centerness"].float())[..., None]).sqrt()
-        sizes = _hw_list(image_sizes, b)
-        origs = _hw_list(orig_sizes, b)
+        sizes = hw_list(image_sizes, b)
+        origs = hw_list(orig_sizes, b)
         results = []
         for i in range(b):
             boxes_l, scores_l, labels_l = [], [], []

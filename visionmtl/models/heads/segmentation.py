@@ -25,31 +25,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, ASPPPooling
 
+from .common import group_norm, hw_list
+
+
 __all__ = ["SegmentationHead"]
 
 _DEFAULT_LEVELS = {"fpn": ("p2", "p3", "p4", "p5"), "aspp": ("c2", "c5")}
 _LEVEL_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
 
-def _hw_list(sizes: Sequence | Tensor | None, n: int) -> list[tuple[int, int]] | None:
-    if sizes is None:
-        return None
-    if isinstance(sizes, Tensor):
-        sizes = sizes.tolist()
-    out = [(int(s[0]), int(s[1])) for s in sizes]
-    if len(out) != n:
-        raise ValueError(f"got {len(out)} image sizes for a batch of {n}")
-    return out
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the most groups (<= 32) dividing ``channels`` that keeps >= 4 channels per group."""
-    groups = max(g for g in range(1, 33) if channels % g == 0 and (channels // g >= 4 or g == 1))
-    return nn.GroupNorm(groups, channels)
-
-
 def _conv_gn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), _group_norm(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), group_norm(cout), nn.ReLU(inplace=True))
 
 
 def _bn_to_gn(module: nn.Module) -> None:
@@ -57,7 +43,7 @@ def _bn_to_gn(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             pooled = isinstance(module, ASPPPooling)
-            setattr(module, name, nn.GroupNorm(1, child.num_features) if pooled else _group_norm(child.num_features))
+            setattr(module, name, nn.GroupNorm(1, child.num_features) if pooled else group_norm(child.num_features))
         else:
             _bn_to_gn(child)
 
@@ -222,8 +208,8 @@ class SegmentationHead(nn.Module):
         logits = raw["logits"]
         b = logits.shape[0]
         s = self.out_stride
-        sizes = _hw_list(image_sizes, b)
-        origs = _hw_list(orig_sizes, b)
+        sizes = hw_list(image_sizes, b)
+        origs = hw_list(orig_sizes, b)
         results = []
         for i in range(b):
             h, w = sizes[i]
