@@ -48,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--reconnect", type=int, default=3, help="reconnect attempts when a stream or webcam drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compare-model-only", type=int, default=0, metavar="N",
+                   help="after the run, time the model alone on the first N frames at the same batch and size "
+                        "and report end-to-end FPS as a fraction of it")
     return p
 
 
@@ -89,11 +92,34 @@ def _run(args, source) -> dict:
     summary = run_video(predictor, source, args.out, batch=args.batch, draw=not args.no_draw,
                         save_json=args.save_json, show=args.show, track=args.track, track_buffer=args.track_buffer,
                         max_frames=args.max_frames, mask_format=args.mask_format, progress=not args.no_progress)
+    if args.compare_model_only:
+        summary["model_only_fps"] = _model_only(predictor, args)
+        summary["e2e_over_model_only"] = summary["fps"] / summary["model_only_fps"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
+    if args.compare_model_only:
+        print(f"model only: {summary['model_only_fps']:.1f} FPS at batch {args.batch}; "
+              f"end-to-end / model only = {summary['e2e_over_model_only']:.2f}")
     return summary
+
+
+def _model_only(predictor, args) -> float:
+    """Model-only FPS on the first N frames of the source (decoded up front, no I/O timed)."""
+    from visionmtl.inference.sources import open_source
+    from visionmtl.inference.video import model_only_fps
+
+    frames = []
+    src = open_source(args.source)
+    try:
+        for frame in src:
+            frames.append(frame.image)
+            if len(frames) >= args.compare_model_only:
+                break
+    finally:
+        src.close()
+    return model_only_fps(predictor, frames, batch=args.batch)
 
 
 if __name__ == "__main__":
