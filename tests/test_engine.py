@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visionmtl.config import config_from_dict
+from visionmtl.config import Config, config_from_dict
 from visionmtl.engine.checkpoint import CheckpointError, load_checkpoint
 from visionmtl.engine.trainer import NonFiniteLossError, Trainer, load_trained
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ["circle", "square", "triangle", "star"]
 
 
-def tiny_cfg(shapes_dir: Path, work_dir: Path, tasks=("cls", "det", "seg"), **train) -> "Config":
+def tiny_cfg(shapes_dir: Path, work_dir: Path, tasks=("cls", "det", "seg"), **train) -> Config:
     all_tasks = {
         "cls": {"type": "classification", "classes": SHAPES},
         "det": {"type": "detection", "classes": SHAPES, "head": {"num_convs": 1}},

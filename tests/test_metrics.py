@@ -379,7 +379,7 @@ def test_sync_across_two_processes():
 
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        outs = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+        outs = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(2)]
 
     gts = _gt_set()
     preds = _perfect_preds(gts)

@@ -22,7 +22,7 @@ from ..models.build import build_model
 from . import dist
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate, summary_score
-from .logger import RunLogger, flatten, plot_curves
+from .logger import RunLogger, plot_curves
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("visionmtl")

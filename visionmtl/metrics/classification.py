@@ -20,20 +20,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
+from .common import dist_active, to_numpy
+
 __all__ = ["ClassificationEvaluator", "average_precision"]
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -137,10 +128,10 @@ class ClassificationEvaluator:
                         raise ValueError("classification prediction dicts need a 'probs' entry "
                                          f"of shape [C]; got keys {sorted(p)}")
                     p = p["probs"]
-                rows.append(_to_numpy(p).astype(np.float64).reshape(-1))
+                rows.append(to_numpy(p).astype(np.float64).reshape(-1))
             s = np.stack(rows) if rows else np.zeros((0, self.num_classes))
         else:
-            s = _to_numpy(scores).astype(np.float64)
+            s = to_numpy(scores).astype(np.float64)
         if s.ndim != 2 or s.shape[1] != self.num_classes:
             raise ValueError(f"scores must have shape [B, {self.num_classes}], got {tuple(s.shape)}")
         if not np.all(np.isfinite(s)):
@@ -168,7 +159,7 @@ class ClassificationEvaluator:
                 if "labels" not in lab:
                     continue
                 lab = lab["labels"]
-            ids = _to_numpy(lab).astype(np.int64).reshape(-1)
+            ids = to_numpy(lab).astype(np.int64).reshape(-1)
             if ids.size and (ids.min() < 0 or ids.max() >= self.num_classes):
                 raise ValueError(f"label ids {ids.tolist()} out of range [0, {self.num_classes})")
             if self.multilabel:
@@ -198,7 +189,7 @@ class ClassificationEvaluator:
 
     def sync(self) -> None:
         """All-gather the accumulated state across ranks (no-op without torch.distributed)."""
-        if not _dist_active():
+        if not dist_active():
             return
         state = self._state()
         gathered: list[Any] = [None] * dist.get_world_size()

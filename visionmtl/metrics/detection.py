@@ -17,19 +17,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .common import dist_active, to_numpy
+
 __all__ = ["CocoDetectionEvaluator"]
 
 _STAT_KEYS = ("mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l")
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def _plain_id(x: Any) -> Hashable:
@@ -105,7 +97,7 @@ class CocoDetectionEvaluator:
 
     # ------------------------------------------------------------------ update
     def _labels(self, x: Any, what: str, n: int) -> np.ndarray:
-        lab = _to_numpy(x).astype(np.int64).reshape(-1)
+        lab = to_numpy(x).astype(np.int64).reshape(-1)
         if lab.shape[0] != n:
             raise ValueError(f"{what} has {lab.shape[0]} entries but there are {n} boxes")
         if lab.size and (lab.min() < 0 or lab.max() >= self.num_classes):
@@ -114,7 +106,7 @@ class CocoDetectionEvaluator:
 
     @staticmethod
     def _boxes(x: Any, what: str) -> np.ndarray:
-        b = _to_numpy(x).astype(np.float64)
+        b = to_numpy(x).astype(np.float64)
         if b.size == 0:
             return np.zeros((0, 4))
         if b.ndim != 2 or b.shape[1] != 4:
@@ -139,13 +131,13 @@ class CocoDetectionEvaluator:
                 raise ValueError("detection targets need 'box_labels' next to 'boxes'")
             gt_labels = self._labels(t["box_labels"], "target box_labels", len(gt_boxes))
             if "iscrowd" in t and t["iscrowd"] is not None:
-                crowd = _to_numpy(t["iscrowd"]).astype(np.int64).reshape(-1)
+                crowd = to_numpy(t["iscrowd"]).astype(np.int64).reshape(-1)
                 if crowd.shape[0] != len(gt_boxes):
                     raise ValueError(f"iscrowd has {crowd.shape[0]} entries but there are {len(gt_boxes)} boxes")
             else:
                 crowd = np.zeros(len(gt_boxes), dtype=np.int64)
             dt_boxes = self._boxes(p.get("boxes", np.zeros((0, 4))), "predicted boxes")
-            dt_scores = _to_numpy(p.get("scores", np.zeros(0))).astype(np.float64).reshape(-1)
+            dt_scores = to_numpy(p.get("scores", np.zeros(0))).astype(np.float64).reshape(-1)
             if dt_scores.shape[0] != len(dt_boxes):
                 raise ValueError(f"predicted scores has {dt_scores.shape[0]} entries but there are {len(dt_boxes)} boxes")
             dt_labels = self._labels(p.get("labels", np.zeros(0)), "predicted labels", len(dt_boxes))
@@ -167,7 +159,7 @@ class CocoDetectionEvaluator:
     # ------------------------------------------------------------------ distributed
     def sync(self) -> None:
         """Gather per-image records from all ranks (no-op without torch.distributed)."""
-        if not _dist_active():
+        if not dist_active():
             return
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (self._auto, self._records))

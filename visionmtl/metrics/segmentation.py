@@ -9,11 +9,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .common import dist_active
+
 __all__ = ["SegmentationEvaluator"]
-
-
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -124,7 +122,7 @@ class SegmentationEvaluator:
 
     def sync(self) -> None:
         """Sum the confusion matrix over ranks (no-op without torch.distributed)."""
-        if not _dist_active():
+        if not dist_active():
             return
         mat = self.confusion_matrix.clone()
         home = mat.device
