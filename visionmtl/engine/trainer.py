@@ -135,14 +135,17 @@ class Trainer:
             out[task] = out[task] + v if task in out else v
         return out
 
-    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        vals = torch.stack([v.detach().float() for v in losses.values()])
-        if torch.isfinite(vals).all():
-            return
-        for key, v in losses.items():
-            if not torch.isfinite(v.detach()).all():
+    def check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
+        """Every loss term and the total as floats (one device transfer); raise on NaN/inf."""
+        vals = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
+        out = dict(zip(list(losses) + ["loss"], vals))
+        for key, v in out.items():
+            if not math.isfinite(v) and key != "loss":
                 task = next((t for t in self.cfg.tasks if key.startswith(f"loss_{t}_")), "?")
-                raise NonFiniteLossError(f"non-finite loss for task '{task}' ({key}={v.item()}) at iteration {self.iter}")
+                raise NonFiniteLossError(f"non-finite loss for task '{task}' ({key}={v}) at iteration {self.iter}")
+        if not math.isfinite(out["loss"]):
+            raise NonFiniteLossError(f"non-finite total loss at iteration {self.iter}")
+        return out
 
     def train_step(self, batch) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss values for logging."""
@@ -150,9 +153,9 @@ class Trainer:
         with self.autocast():
             raw = self.model(batch.images)
         losses = self.net.loss(raw, batch)
-        self.check_finite(losses)
         per_task = self.task_losses(losses)
         total = sum(self.weights[t] * v for t, v in per_task.items())
+        out = self.check_finite(losses, total)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.train.clip_grad > 0:
@@ -161,8 +164,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        out = {k: v.item() for k, v in losses.items()}
-        out["loss"] = total.item()
         return out
 
     # ----------------------------------------------------------------------------------------
