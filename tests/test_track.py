@@ -147,3 +147,19 @@ def test_tracker_rejects_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         ByteTracker().update(np.zeros((2, 4)), np.zeros(3))
     assert isinstance(synthetic_sequence(3, 2), SyntheticSequence)
+
+
+def test_eval_tracking_tool_reports_mota(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "track.json"
+    r = subprocess.run([sys.executable, "tools/eval_tracking.py", "--seeds", "2", "--frames", "40", "--out", str(out)],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "overall: MOTA" in r.stdout
+    overall = json.loads(out.read_text())["overall"]
+    assert overall["MOTA"] > 0.6 and overall["IDSW"] <= 2
