@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ from visionmtl.data.coco import CocoAdapter
 from visionmtl.data.errors import DataError
 from visionmtl.data.folder import CsvLabelsAdapter, ImageFolderAdapter
 from visionmtl.data.masks import MaskFolderAdapter
-from visionmtl.paths import data_root
+
+from .conftest import real_data
 
 CAMVID_CLASSES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
@@ -23,17 +23,10 @@ CAMVID_CLASSES = [
 ]  # fmt: skip
 
 
-def _real(*parts: str) -> Path:
-    path = data_root().joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{'/'.join(parts)} not found at {path}; set VISIONMTL_DATA")
-    return path
-
-
 # ====================================================================== COCO128 (real data)
 @pytest.fixture(scope="module")
 def coco128():
-    root = _real("coco128")
+    root = real_data("coco128")
     ann_file = root / "annotations" / "instances.json"
     adapter = CocoAdapter(ann_file, root / "images")
     samples = [adapter.load(i) for i in range(len(adapter))]
@@ -145,7 +138,7 @@ def test_coco128_images_without_annotations_are_negatives(coco128):
 
 
 def test_coco128_provides_subset_skips_masks():
-    root = _real("coco128")
+    root = real_data("coco128")
     adapter = CocoAdapter(root / "annotations" / "instances.json", root / "images", provides=("labels",))
     _, tgt = adapter.load(0)
     assert set(tgt) == {"labels"}
@@ -215,7 +208,7 @@ def test_coco_image_without_annotations(tmp_path):
 # ====================================================================== CamVid (real data)
 @pytest.fixture(scope="module")
 def camvid():
-    root = _real("camvid")
+    root = real_data("camvid")
     return {
         split: MaskFolderAdapter(root / split, root / f"{split}annot", CAMVID_CLASSES, ignore_ids=[11],
                                  provides=("mask", "labels"))
