@@ -190,22 +190,23 @@ dist.cleanup()
 """
 
 
+def torchrun(template: str, shapes_dir: Path, tmp_path: Path, nproc: int, bs: int, name: str, port: int = 29500):
+    """Run ``template`` (formatted with root/shapes/work/bs/out) under torchrun; load what rank 0 saved."""
+    script, out = tmp_path / f"{name}.py", tmp_path / f"{name}.pt"
+    script.write_text(template.format(root=str(ROOT), shapes=str(shapes_dir), work=str(tmp_path / name), bs=bs,
+                                      out=str(out)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(port + nproc + os.getpid() % 500), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
 def test_ddp_gloo_matches_single_process(shapes_dir, tmp_path):
     """2 CPU processes x 4 images == 1 process x 8 images (same global batch)."""
-    def launch(nproc: int, bs: int, name: str) -> dict:
-        script = tmp_path / f"{name}.py"
-        out = tmp_path / f"{name}.pt"
-        script.write_text(DDP_SCRIPT.format(root=str(ROOT), shapes=str(shapes_dir), work=str(tmp_path / name),
-                                            bs=bs, out=str(out)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + nproc + os.getpid() % 500), str(script)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return torch.load(out, weights_only=True)
-
-    single = launch(1, 8, "single")
-    ddp = launch(2, 4, "ddp")
+    single = torchrun(DDP_SCRIPT, shapes_dir, tmp_path, 1, 8, "single")
+    ddp = torchrun(DDP_SCRIPT, shapes_dir, tmp_path, 2, 4, "ddp")
     diffs = [(k, (single[k].float() - ddp[k].float()).abs().max().item()) for k in single if single[k].is_floating_point()]
     worst = max(diffs, key=lambda kv: kv[1])
     assert worst[1] < 1e-4, worst

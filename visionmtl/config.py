@@ -40,9 +40,18 @@ class BackboneConfig:
     fpn_channels: int = 128
 
 
+SHARING_MODES = ("hard", "soft", "mtan", "private")
+
+
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # hard: one backbone, task heads (default). soft: one backbone per task, pulled together by
+    # soft_lambda * sum ||theta_i - theta_j||^2. mtan: per-task attention masks over the shared
+    # pyramid. private: a small residual adapter per task beside the shared backbone.
+    sharing: str = "hard"
+    soft_lambda: float = 1e-3
+    adapter_reduction: int = 4  # mtan/private: hidden channels = channels // reduction
 
 
 TASK_TYPES = ("classification", "detection", "segmentation")
@@ -71,6 +80,7 @@ class DatasetConfig:
     class_map: dict[str, Optional[str]] = field(default_factory=dict)  # native -> task class (null = ignore)
     unmapped: str = "error"  # a native class missing from the task's list: error | ignore
     ratio: float = 1.0  # sampling weight when several datasets are mixed
+    limit: int = 0  # use only the first N images (quick experiments); 0 = all
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +110,35 @@ class DataConfig:
 
 
 @dataclass
+class MethodConfig:
+    """Loss balancing or gradient method (visionmtl/mtl/): one class per name."""
+
+    name: str = "fixed"  # fixed uncertainty dwa rlw stch | gradnorm mgda pcgrad cagrad imtl sum
+    grad_on: str = "params"  # gradient methods: params (all shared parameters) | rep (the shared features)
+    task_grad_clip: float = 0.0  # gradient methods: max norm of each task's gradient; 0 = off
+    args: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {alpha: 0.5} for cagrad
+
+
+@dataclass
+class AlternatingConfig:
+    """``train.mode: alternating``: each step draws one task and uses that task's data and loss."""
+
+    order: str = "round_robin"  # round_robin | proportional | uniform | temperature
+    temperature: float = 2.0  # order temperature: p_t proportional to n_t ** (1 / temperature)
+    optimizers: str = "shared"  # shared: one optimiser | per_task: one per task, each stepping the shared part
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged schedule: which tasks train and which parts are frozen."""
+
+    epochs: int
+    tasks: list[str] = field(default_factory=list)  # tasks whose losses train in this stage; [] = all
+    freeze: list[str] = field(default_factory=list)  # parts: backbone and/or task names (head + adapter)
+    name: str = ""
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 12
     max_iters: int = 0  # 0 = epochs * iters per epoch; >0 stops early (tests, smoke runs)
@@ -122,6 +161,10 @@ class TrainConfig:
     best_metric: str = "auto"  # e.g. det.mAP; auto = mean of each task's main metric
     log_interval: int = 10
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    mode: str = "joint"  # joint (one batch, every labelled task) | alternating (one task per step)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # staged training; [] = one stage, all tasks
 
 
 @dataclass
@@ -395,6 +438,7 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
     if cfg.data.img_size < 32 or cfg.data.img_size % 32:
         raise ConfigError(f"{_where('data.img_size', origin, file)}: key 'data.img_size' must be a positive multiple of 32, got {cfg.data.img_size}")
+    _validate_mtl(cfg, origin, file)
     for split in ("train", "val"):
         for i, d in enumerate(getattr(cfg.data, split)):
             key = f"data.{split}.{i}"
@@ -407,3 +451,51 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
             for k, v in d.args.items():
                 if isinstance(v, str) and any(s in k for s in ("file", "dir", "root")):
                     d.args[k] = expand(v)
+
+
+def _validate_mtl(cfg: Config, origin: dict, file: str) -> None:
+    """Training-strategy checks: mode, method, sharing and stages fit together."""
+    from .mtl.methods import METHOD_NAMES, is_gradient_method
+
+    tc, mc = cfg.train, cfg.model
+    _choice(tc.mode, ("joint", "alternating"), "train.mode", origin, file)
+    _choice(mc.sharing, SHARING_MODES, "model.sharing", origin, file)
+    _choice(tc.method.name, METHOD_NAMES, "train.method.name", origin, file)
+    _choice(tc.method.grad_on, ("params", "rep"), "train.method.grad_on", origin, file)
+    _choice(tc.alternating.order, ("round_robin", "proportional", "uniform", "temperature"),
+            "train.alternating.order", origin, file)
+    _choice(tc.alternating.optimizers, ("shared", "per_task"), "train.alternating.optimizers", origin, file)
+    if tc.alternating.temperature <= 0:
+        raise ConfigError(f"{_where('train.alternating.temperature', origin, file)}: key 'train.alternating.temperature' "
+                          f"must be > 0, got {tc.alternating.temperature}")
+    gradient = is_gradient_method(tc.method.name)
+    where = _where("train.method.name", origin, file)
+    if gradient and tc.mode == "alternating":
+        raise ConfigError(f"{where}: gradient method '{tc.method.name}' combines several tasks' gradients, but "
+                          "train.mode: alternating trains one task per step; use a loss weighting method")
+    if gradient and mc.sharing == "soft":
+        raise ConfigError(f"{where}: gradient method '{tc.method.name}' needs shared parameters, but "
+                          "model.sharing: soft gives every task its own backbone")
+    if tc.method.task_grad_clip > 0 and not gradient:
+        raise ConfigError(f"{_where('train.method.task_grad_clip', origin, file)}: train.method.task_grad_clip "
+                          f"needs per-task gradients; use a gradient method (e.g. name: sum), not '{tc.method.name}'")
+    total = 0
+    for i, st in enumerate(tc.stages):
+        key = f"train.stages.{i}"
+        if st.epochs < 1:
+            raise ConfigError(f"{_where(key + '.epochs', origin, file)}: key '{key}.epochs' must be >= 1, got {st.epochs}")
+        total += st.epochs
+        for t in st.tasks:
+            if t not in cfg.tasks:
+                raise ConfigError(f"{_where(key + '.tasks', origin, file)}: stage {st.name or i} trains unknown task "
+                                  f"'{t}'; configured tasks: {', '.join(cfg.tasks)}")
+        for part in st.freeze:
+            if part != "backbone" and part not in cfg.tasks:
+                raise ConfigError(f"{_where(key + '.freeze', origin, file)}: stage {st.name or i} freezes unknown part "
+                                  f"'{part}'; valid: backbone, {', '.join(cfg.tasks)}")
+        trained = st.tasks or list(cfg.tasks)
+        if all(t in st.freeze for t in trained) and "backbone" in st.freeze:
+            raise ConfigError(f"{_where(key, origin, file)}: stage {st.name or i} freezes everything it trains")
+    if total > tc.epochs:
+        raise ConfigError(f"{_where('train.stages', origin, file)}: the stages last {total} epochs but train.epochs "
+                          f"is {tc.epochs}")

@@ -70,8 +70,9 @@ class TaskDataset(Dataset):
 
     def __init__(self, adapter: BaseAdapter, tasks: dict[str, TaskConfig], labels_tasks: list[str],
                  transform=None, class_map: Optional[dict] = None, on_bad_sample: str = "error",
-                 name: str = "", unmapped: str = "error"):
+                 name: str = "", unmapped: str = "error", limit: int = 0):
         self.adapter = adapter
+        self.limit = int(limit)
         self.name = name or type(adapter).__name__
         self.transform = transform
         self.on_bad_sample = on_bad_sample
@@ -112,7 +113,7 @@ class TaskDataset(Dataset):
             raise ConfigError(f"{type(adapter).__name__} cannot label task '{task}' (it provides {list(adapter.provides)})")
 
     def __len__(self) -> int:
-        return len(self.adapter)
+        return min(len(self.adapter), self.limit) if self.limit > 0 else len(self.adapter)
 
     def map_target(self, raw: dict) -> dict:
         """Native ids -> task ids, keeping only the keys of the labelled tasks."""
@@ -214,7 +215,7 @@ def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
             raise DataError(str(d.args), "dataset is empty")
         tasks = d.tasks or [n for n, t in cfg.tasks.items() if can_label(adapter, t)]
         out.append(TaskDataset(adapter, cfg.tasks, tasks, transform, d.class_map,
-                               cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped))
+                               cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped, d.limit))
     if not out:
         raise ConfigError(f"data.{split}: no datasets configured")
     return out

@@ -38,11 +38,12 @@ def build_dataset(cfg, split: str) -> MultiDataset:
 
 
 def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: bool | None = None,
-                 workers: int | None = None) -> DataLoader:
+                 workers: int | None = None, ratios: list[float] | None = None) -> DataLoader:
     """The loader for ``split``; call ``loader.sampler.set_epoch(e)`` each epoch.
 
     Training datasets are shuffled and, when their ``ratio`` differs, mixed by ratio (each
     dataset's share of the batch is proportional to its ratio). Under DDP each rank reads its shard.
+    ``ratios`` overrides the config's (one per part of ``dataset``).
     """
     train = split == "train"
     ds = dataset if dataset is not None else build_dataset(cfg, split)
@@ -50,7 +51,7 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
     rank, world = dist_info()
     bs = cfg.data.batch_size if train or not cfg.data.val_batch_size else cfg.data.val_batch_size
     weights = None
-    ratios = [d.ratio for d in getattr(cfg.data, split)]
+    ratios = ratios if ratios is not None else [d.ratio for d in getattr(cfg.data, split)]
     if train and len(set(ratios)) > 1:
         weights = torch.cat([torch.full((len(p),), r / len(p), dtype=torch.double) for p, r in zip(ds.parts, ratios)])
     sampler = EpochSampler(len(ds), shuffle=shuffle, seed=cfg.train.seed, weights=weights,

@@ -1,4 +1,12 @@
-"""The joint multi-task trainer: Σ wₜ·Lₜ over partial labels, AMP, DDP, atomic checkpoints, resume."""
+"""The multi-task trainer: joint or alternating training, loss balancing and gradient methods,
+staged freezing, AMP, DDP, atomic checkpoints, exact resume.
+
+The strategy pieces live in :mod:`visionmtl.mtl` and plug in through small hooks: the method
+(``train.method``) decides how the active tasks' losses or gradients become one update
+(:mod:`visionmtl.mtl.step`), the data stream yields ``(tasks, batch)`` pairs (every labelled
+task per batch, or one drawn task per step in :mod:`visionmtl.mtl.alternating`), and stages
+(``train.stages``) choose the trained tasks and the frozen parts per epoch.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +26,16 @@ from tqdm import tqdm
 
 from ..config import Config, config_from_dict, save_config
 from ..data.loader import build_dataset, build_loader
+from ..data.sampler import MultiDataset
 from ..models.build import build_model
 from . import dist
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate, summary_score
 from .logger import RunLogger, plot_curves
-from .optim import build_optimizer, build_scheduler
+from ..mtl.alternating import TaskStreams, task_parts
+from ..mtl.methods import build_method
+from ..mtl.step import active_tasks, gradient_backward, loss_backward
+from .optim import OptimizerSet, build_optimizer
 
 log = logging.getLogger("visionmtl")
 
@@ -97,18 +109,37 @@ class Trainer:
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
 
         self.train_set = build_dataset(cfg, "train")
-        self.train_loader = build_loader(cfg, "train", self.train_set)
+        self.alternating = tc.mode == "alternating"
+        self.streams: Optional[TaskStreams] = None
+        if self.alternating:
+            self.streams = self._task_streams()
+            self.train_loader = None
+            self.iters_per_epoch = max(len(self.streams), 1)
+        else:
+            self.train_loader = build_loader(cfg, "train", self.train_set)
+            self.iters_per_epoch = max(len(self.train_loader), 1)
         self.val_loader = build_loader(cfg, "val") if cfg.data.val else None
 
         self.net = build_model(cfg).to(self.device, memory_format=self.memory_format)
-        self.model = DDP(self.net, device_ids=[local_rank] if self.device.type == "cuda" else None) if self.world > 1 else self.net
-        self.optimizer = build_optimizer(self.net, tc)
-        self.iters_per_epoch = max(len(self.train_loader), 1)
+        self.local_rank = local_rank
+        self.model = self._wrap()
+        self.weights = {n: t.weight for n, t in cfg.tasks.items()}
+        mc = tc.method
+        self.method = build_method(mc.name, list(cfg.tasks), self.weights, mc.args, mc.task_grad_clip)
+        for p in self.method.parameters():
+            p.data = p.data.to(self.device)
         self.total_iters = tc.epochs * self.iters_per_epoch
         if tc.max_iters:
             self.total_iters = min(self.total_iters, tc.max_iters)
-        self.scheduler = build_scheduler(self.optimizer, self.total_iters, self.iters_per_epoch, tc)
-        self.weights = {n: t.weight for n, t in cfg.tasks.items()}
+        self.optim = self._optimizers()
+        self.optimizer = next(iter(self.optim.optimizers.values()))  # the (first) optimiser
+        self.stage_index = -1
+        self.stage_tasks = list(cfg.tasks)
+        self.task_steps = {t: 0 for t in cfg.tasks}
+        self.task_images = {t: 0 for t in cfg.tasks}
+        self.step_seconds = 0.0  # time inside train_step (compute, not data loading) in this process
+        self._epoch_loss: dict[str, float] = {}  # per-task loss sums of the current epoch (DWA)
+        self._epoch_count: dict[str, int] = {}
         self.epoch = 0
         self.iter = 0
         self.best = -math.inf
@@ -118,6 +149,81 @@ class Trainer:
         self.logger = RunLogger(self.work_dir, enabled=self.main)
         if self.main:
             save_config(cfg, self.work_dir / "config.yaml")
+
+    def _wrap(self):
+        """The module the step calls: DDP around the model when distributed."""
+        if self.world <= 1:
+            return self.net
+        unused = self.alternating or bool(self.cfg.train.stages)  # heads that sit out a step
+        return DDP(self.net, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                   find_unused_parameters=unused)
+
+    def _task_streams(self) -> TaskStreams:
+        """Alternating training: one loader per task over the training datasets that label it."""
+        loaders, sizes = {}, {}
+        ratios = [d.ratio for d in self.cfg.data.train]
+        for t in self.cfg.tasks:
+            idx = task_parts(self.train_set.parts, t)
+            if not idx:
+                from ..config import ConfigError
+
+                raise ConfigError(f"train.mode: alternating: no training dataset labels task '{t}'")
+            ds = MultiDataset([self.train_set.parts[i] for i in idx], seed=self.cfg.train.seed)
+            loaders[t] = build_loader(self.cfg, "train", ds, ratios=[ratios[i] for i in idx])
+            sizes[t] = len(ds)
+        return TaskStreams(loaders, sizes)
+
+    def _optimizers(self) -> OptimizerSet:
+        tc = self.cfg.train
+        extra = list(self.method.parameters())
+        if self.alternating and tc.alternating.optimizers == "per_task":
+            if extra:
+                from ..config import ConfigError
+
+                raise ConfigError(f"train.method '{tc.method.name}' has learnable weights; use "
+                                  "train.alternating.optimizers: shared with it")
+            shared = {id(p) for p in self.net.shared_parameters()}
+            opts = {t: build_optimizer(self.net, tc, only=shared | {id(p) for p in self.net.task_parameters(t)})
+                    for t in self.cfg.tasks}
+        else:
+            opts = {"all": build_optimizer(self.net, tc, extra_params=extra)}
+        return OptimizerSet(opts, self.total_iters, self.iters_per_epoch, tc)
+
+    def apply_stage(self, epoch: int) -> None:
+        """Freeze and select tasks for the stage that ``epoch`` (0-based) falls in."""
+        stages = self.cfg.train.stages
+        if not stages:
+            return
+        end, index = 0, len(stages) - 1
+        for i, st in enumerate(stages):
+            end += st.epochs
+            if epoch < end:
+                index = i
+                break
+        if index == self.stage_index:
+            return
+        st = stages[index]
+        self.stage_index = index
+        self.stage_tasks = list(st.tasks) or list(self.cfg.tasks)
+        self.net.set_frozen(st.freeze)
+        self.model = self._wrap()
+        if self.main:
+            log.info("stage %d%s from epoch %d: training %s, frozen: %s", index + 1,
+                     f" ({st.name})" if st.name else "", epoch + 1, ", ".join(self.stage_tasks),
+                     ", ".join(st.freeze) or "nothing")
+
+    def epoch_batches(self, epoch: int):
+        """``(tasks, batch)`` for every step of ``epoch``."""
+        if self.alternating:
+            self.streams.set_epoch(epoch)
+            alt = self.cfg.train.alternating
+            for tasks, batch in self.streams.epoch_stream(alt.order, self.cfg.train.seed, alt.temperature):
+                if tasks[0] in self.stage_tasks:
+                    yield tasks, batch
+            return
+        self.train_loader.sampler.set_epoch(epoch)
+        for batch in self.train_loader:
+            yield self.stage_tasks, batch
 
     # ----------------------------------------------------------------------------------------
     def autocast(self):
@@ -147,24 +253,33 @@ class Trainer:
             raise NonFiniteLossError(f"non-finite total loss at iteration {self.iter}")
         return out
 
-    def train_step(self, batch) -> dict[str, float]:
-        """One optimisation step on a batch; returns the loss values for logging."""
+    def train_step(self, batch, tasks: Optional[list[str]] = None) -> dict[str, float]:
+        """One optimisation step on a batch for ``tasks`` (default: the stage's); returns values to log."""
         batch = batch.to(self.device, memory_format=self.memory_format)
-        with self.autocast():
-            raw = self.model(batch.images)
-        losses = self.net.loss(raw, batch)
-        per_task = self.task_losses(losses)
-        total = sum(self.weights[t] * v for t, v in per_task.items())
-        out = self.check_finite(losses, total)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        tasks = list(tasks or self.stage_tasks)
+        active = active_tasks(batch, tasks)
+        backward = gradient_backward if self.method.needs_grads else loss_backward
+        out = backward(self, batch, tasks, active)
         if self.cfg.train.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+            self.optim.unscale(self.scaler, tasks[0] if len(tasks) == 1 else None)
+            torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.grad is not None], self.cfg.train.clip_grad)
+        self.optim.step(self.scaler, tasks[0] if len(tasks) == 1 else None)
+        for t in active:
+            self._epoch_loss[t] = self._epoch_loss.get(t, 0.0) + self._task_value(out, t)
+            self._epoch_count[t] = self._epoch_count.get(t, 0) + 1
+            self.task_steps[t] += 1
+            self.task_images[t] += len(batch)
         return out
+
+    def _task_value(self, vals: dict[str, float], task: str) -> float:
+        return sum(v for k, v in vals.items() if k.startswith(f"loss_{task}_"))
+
+    def _end_epoch_losses(self) -> None:
+        """Epoch-mean unweighted loss per task (reduced over ranks) -> the method's ``epoch_end``."""
+        means = {t: self._epoch_loss[t] / self._epoch_count[t] for t in self._epoch_loss if self._epoch_count.get(t)}
+        means = dist.reduce_mean(means, self.device) if means else means
+        self.method.epoch_end(means)
+        self._epoch_loss, self._epoch_count = {}, {}
 
     # ----------------------------------------------------------------------------------------
     def train(self, max_epochs: Optional[int] = None) -> dict:
@@ -175,32 +290,39 @@ class Trainer:
         t0 = time.time()
         while self.epoch < stop_epoch and self.iter < self.total_iters:
             epoch = self.epoch
-            self.train_loader.sampler.set_epoch(epoch)
+            self.apply_stage(epoch)
             self.net.train()
+            self._epoch_loss, self._epoch_count = {}, {}
             n_bad = 0
-            bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not self.main,
-                       dynamic_ncols=True, leave=False,
+            bar = tqdm(self.epoch_batches(epoch), total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not self.main, dynamic_ncols=True, leave=False,
                        mininterval=0.5 if sys.stderr.isatty() else 60.0)  # logs: about one line a minute
             running: dict[str, float] = {}
-            for batch in bar:
+            for tasks, batch in bar:
                 n_bad += batch.n_bad
                 if len(batch) == 0:
                     continue
-                vals = self.train_step(batch)
+                t_step = time.perf_counter()
+                vals = self.train_step(batch, tasks)
+                self.step_seconds += time.perf_counter() - t_step
                 self.iter += 1
                 self.history.append(vals)
                 for k, v in vals.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v
                 if self.main:
-                    post = {k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items() if k != "loss"}
-                    post["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
+                    post = {k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items() if k.startswith("loss_")}
+                    post["lr"] = f"{self.optim.lr:.2e}"
                     bar.set_postfix(post, refresh=False)
                 if self.iter % tc.log_interval == 0 or self.iter == self.total_iters:
                     vals = dist.reduce_mean(vals, self.device)
-                    self.logger.log("train", self.iter, vals, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"])
+                    self.logger.log("train", self.iter, vals, epoch=epoch, lr=self.optim.lr)
                 if self.iter >= self.total_iters:
                     break
             bar.close()
+            self._end_epoch_losses()
+            if self.alternating or self.cfg.train.stages:
+                self.logger.log("tasks", self.iter, {"steps": dict(self.task_steps), "images": dict(self.task_images)},
+                                epoch=epoch + 1)
             if n_bad:
                 log.warning("epoch %d: skipped %d bad samples (data.on_bad_sample: skip)", epoch + 1, n_bad)
             self.epoch = epoch + 1
@@ -231,8 +353,11 @@ class Trainer:
     def state(self) -> dict:
         return {
             "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optim.state_dict()[0],
+            "scheduler": self.optim.state_dict()[1],
+            "method": self.method.state_dict(),
+            "task_steps": dict(self.task_steps),
+            "task_images": dict(self.task_images),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "iteration": self.iter,
@@ -250,8 +375,11 @@ class Trainer:
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         load_model_state(self.net, ckpt["model"], str(path))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.optim.load_state_dict(ckpt["optimizer"], ckpt["scheduler"])
+        if "method" in ckpt:
+            self.method.load_state_dict(ckpt["method"])
+        self.task_steps.update(ckpt.get("task_steps", {}))
+        self.task_images.update(ckpt.get("task_images", {}))
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.iter, self.best = ckpt["epoch"], ckpt["iteration"], ckpt.get("best", -math.inf)
         set_rng_state(ckpt["rng"])

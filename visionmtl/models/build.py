@@ -34,4 +34,5 @@ def build_model(cfg: Config) -> MultiTaskModel:
     for name, t in cfg.tasks.items():
         tasks[name] = {"type": t.type, "num_classes": len(t.classes), **head_kwargs(name, t)}
     backbone = dataclasses.asdict(cfg.model.backbone)
-    return _build(backbone, tasks)
+    m = cfg.model
+    return _build(backbone, tasks, sharing=m.sharing, soft_lambda=m.soft_lambda, adapter_reduction=m.adapter_reduction)
