@@ -303,3 +303,35 @@ def test_cli_rejects_file_as_output(tmp_path):
     target.write_text("x")
     res = _cli("--out", str(target))
     assert res.returncode == 2 and "not a directory" in res.stderr
+
+
+def test_shape_crops_make_an_image_folder_set(shapes_dir, tmp_path):
+    from visionmtl.data.errors import DataError
+    from visionmtl.data.folder import ImageFolderAdapter
+    from visionmtl.data.shape_crops import CROP_SIZE, make_shape_crops
+
+    counts = make_shape_crops(shapes_dir, 3, out_dir=tmp_path / "crops")
+    assert set(counts) == {"train", "val"}
+    assert all(0 < n <= 3 for n in counts["train"].values())
+    ds = ImageFolderAdapter(tmp_path / "crops" / "train", classes=["circle", "square", "triangle", "star"])
+    assert len(ds) == sum(counts["train"].values())
+    image, target = ds.load(0)
+    assert image.shape == (CROP_SIZE, CROP_SIZE, 3) and target["labels"].tolist() == [0]
+    first = sorted((tmp_path / "crops" / "train").rglob("*.jpg"))
+    make_shape_crops(shapes_dir, 3, out_dir=tmp_path / "again")
+    again = sorted((tmp_path / "again" / "train").rglob("*.jpg"))
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]  # deterministic
+    with pytest.raises(DataError, match="annotations.json"):
+        make_shape_crops(tmp_path / "nowhere", 3)
+
+
+def test_dataset_limit_uses_the_first_images(shapes_dir, tmp_path):
+    from tests.test_engine import tiny_cfg
+    from visionmtl.data.loader import build_dataset
+
+    cfg = tiny_cfg(shapes_dir, tmp_path)
+    full = build_dataset(cfg, "train")
+    cfg.data.train[0].limit = 5
+    part = build_dataset(cfg, "train")
+    assert len(full) == 48 and len(part) == 5
+    assert part[(0, 4)]["meta"]["path"] == full[(0, 4)]["meta"]["path"]

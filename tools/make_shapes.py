@@ -3,7 +3,9 @@
     python tools/make_shapes.py --out datasets/shapes --train 1000 --val 200 --size 128 --seed 0
 
 writes ``OUT/{train,val}/images/*.jpg``, ``OUT/{train,val}/annotations.json`` and
-``OUT/meta.json``; the same arguments always give identical files.
+``OUT/meta.json``; the same arguments always give identical files. ``--crops N`` also writes
+``OUT/crops/{train,val}/<class>/*.jpg``, N single-object crops per class (an image-folder
+classification set).
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="rendering processes; 0 = in this process (default: a pool for large sets)",
     )
     parser.add_argument(
+        "--crops",
+        type=_count,
+        default=0,
+        help="also write OUT/crops/{train,val}/<class>/*.jpg: this many single-object crops per class "
+        "(an image-folder classification set)",
+    )
+    parser.add_argument(
         "--if-missing",
         action="store_true",
         help="do nothing if OUT already holds a dataset made with the same arguments",
@@ -91,11 +100,18 @@ def main(args: argparse.Namespace) -> dict | None:
     workers = args.workers
     if workers is None:
         workers = shapes.default_workers(args.train + args.val)
+    summary = None
     if args.if_missing and shapes.is_current(args.out, args.train, args.val, args.size, args.seed):
         print(f"{args.out}: up to date, nothing to do")
-        return None
-    summary = shapes.make_shapes(args.out, args.train, args.val, args.size, args.seed, workers=workers)
-    print(format_summary(summary))
+    else:
+        summary = shapes.make_shapes(args.out, args.train, args.val, args.size, args.seed, workers=workers)
+        print(format_summary(summary))
+    if args.crops:
+        from visionmtl.data.shape_crops import make_shape_crops
+
+        counts = make_shape_crops(args.out, args.crops)
+        for split, per in counts.items():
+            print(f"  crops/{split}: " + ", ".join(f"{k} {v}" for k, v in per.items()))
     return summary
 
 
