@@ -22,15 +22,20 @@ def flatten(d: dict, prefix: str = "") -> dict[str, float]:
 
 
 class RunLogger:
-    """Appends records to ``work_dir/metrics.jsonl`` and TensorBoard; does nothing off rank 0."""
+    """Writes records to ``work_dir/metrics.jsonl`` and TensorBoard; does nothing off rank 0.
 
-    def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    ``append``: continue an existing ``metrics.jsonl`` (a resumed run); otherwise a new run
+    starts the file afresh, so two runs in one folder never mix their curves.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 append: bool = True):
         self.dir = Path(work_dir)
         self.enabled = enabled
         self.tb = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+            self.file = open(self.dir / "metrics.jsonl", "a" if append else "w", buffering=1)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter

@@ -146,7 +146,7 @@ class Trainer:
         self.history: list[dict] = []  # per-iteration losses of this process (tests, plots)
         if resume:
             self.resume(self.work_dir / "last.pt" if resume is True else Path(resume))
-        self.logger = RunLogger(self.work_dir, enabled=self.main)
+        self.logger = RunLogger(self.work_dir, enabled=self.main, append=bool(resume))
         if self.main:
             save_config(cfg, self.work_dir / "config.yaml")
 
