@@ -133,8 +133,7 @@ def gradient_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) ->
     if grads.shape[1] == 0:  # the shared part is frozen (a stage): only the heads train
         w = torch.tensor([cfg_w[t] for t in active], device=grads.device)
     elif finite:
-        g64 = grads.double()
-        gram = g64 @ g64.T
+        gram = (grads @ grads.T).double()  # (T, T); no float64 copy of the (T, P) gradients
         if dist.is_distributed() and rep:
             torch_dist.all_reduce(gram)
         loss_vals = torch.tensor([float(per_task[t].detach()) for t in active], dtype=torch.float64)
