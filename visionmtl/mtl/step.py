@@ -136,7 +136,11 @@ def gradient_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) ->
         gram = (grads @ grads.T).double()  # (T, T); no float64 copy of the (T, P) gradients
         if dist.is_distributed() and rep:
             torch_dist.all_reduce(gram)
-        loss_vals = torch.tensor([float(per_task[t].detach()) for t in active], dtype=torch.float64)
+        loss_vals = torch.stack([per_task[t].detach().double() for t in active])  # (T,)
+        if dist.is_distributed():  # loss-dependent methods (GradNorm, MGDA loss+) see the global mean
+            torch_dist.all_reduce(loss_vals)
+            loss_vals /= dist.world_size()
+        loss_vals = loss_vals.cpu()
         w = method.weights(gram, loss_vals, list(active)).to(grads.device, torch.float32)
     else:  # fp16 overflow: pass the infinities on so the GradScaler skips this step
         w = torch.ones(len(active), device=grads.device)
