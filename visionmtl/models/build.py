@@ -10,8 +10,9 @@ from ..config import Config, ConfigError
 from .multitask import HEAD_TYPES, MultiTaskModel
 from .multitask import build_model as _build
 
-# Keys build_model fills in itself; a config may not set them under ``head``.
-_RESERVED = {"self", "task", "in_channels", "num_classes", "strides", "levels"}
+# Keys build_model fills in itself; a config may not set them under ``head`` (``levels`` it may:
+# the backbone then builds exactly the levels the heads name).
+_RESERVED = {"self", "task", "in_channels", "num_classes", "strides"}
 
 
 def head_kwargs(name: str, task) -> dict:

@@ -192,7 +192,7 @@ class MultiTaskModel(nn.Module):
 def head_levels(head_type: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """Backbone levels a head of ``head_type`` configured by ``cfg`` reads."""
     if head_type == "classification":
-        return ("c5",)
+        return tuple(cfg.get("levels") or ("c5",))
     if head_type == "detection":
         return tuple(cfg.get("levels") or _DETECTION_LEVELS)
     if head_type == "segmentation":
@@ -215,7 +215,7 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
     Args:
         backbone_kwargs: :class:`Backbone` keyword arguments; ``levels`` is computed from the
             heads (detection P3-P7, segmentation P2-P5 for ``fpn`` / C2+C5 for ``aspp``,
-            classification C5) and replaces any given value.
+            classification C5 or its ``levels``) and replaces any given value.
         tasks: task name -> ``{"type": "classification"|"detection"|"segmentation",
             "num_classes": int (or "classes": list of names), **head kwargs}``.
 
@@ -256,7 +256,9 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
     heads: dict[str, nn.Module] = {}
     for name, (head_type, num_classes, cfg) in specs.items():
         if head_type == "classification":
-            heads[name] = ClassificationHead(name, backbone.out_channels["c5"], num_classes, **cfg)
+            levels = head_levels(head_type, cfg)
+            cfg["levels"] = levels
+            heads[name] = ClassificationHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_classes, **cfg)
             continue
         levels = head_levels(head_type, cfg)
         cfg.setdefault("levels", levels)
