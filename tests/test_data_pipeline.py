@@ -214,3 +214,20 @@ def test_benchmark_data_reports_speed(shapes_dir):
     assert loader_speed(cfg, workers=0, batches=3, warmup=1) > 0
     prof = stage_profile(cfg, n=8)
     assert set(prof) == {"decode", "annotations", "augment", "collate"} and all(v >= 0 for v in prof.values())
+
+
+def test_usable_workers_leave_the_compute_threads_their_cores(monkeypatch):
+    from visionmtl.data.loader import usable_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert usable_workers(2, world=1, cuda=False) == 0  # 2 cores, 2 compute threads: load inline
+    assert usable_workers(2, world=1, cuda=True) == 2  # the GPU computes: every core loads data
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert usable_workers(2, world=1, cuda=False) == 1
+    assert usable_workers(2, world=2, cuda=False) == 0  # one core per rank, used by its thread
+    assert usable_workers(0, world=1, cuda=False) == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert usable_workers(4, world=1, cuda=False) == 4
+    assert usable_workers(12, world=1, cuda=False) == 8

@@ -102,7 +102,7 @@ class DataConfig:
     img_size: int = 256
     batch_size: int = 16
     val_batch_size: int = 0  # 0 = batch_size
-    workers: int = 2
+    workers: int = 2  # on a CPU-only run, capped by the cores the model's threads leave free (data/loader.py)
     on_bad_sample: str = "error"  # error | skip
     train: list[DatasetConfig] = field(default_factory=list)
     val: list[DatasetConfig] = field(default_factory=list)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -14,11 +17,35 @@ from .sampler import EpochSampler, MultiDataset
 from .transforms import build_transforms
 
 
+log = logging.getLogger(__name__)
+
+
+def usable_workers(requested: int, world: int = 1, cuda: bool | None = None) -> int:
+    """``requested`` loader workers, capped by the CPUs the model's own threads leave free.
+
+    When the model computes on the CPU, its ``torch.get_num_threads()`` threads per rank keep
+    their cores, and workers only get the rest. A worker that pre-empts one compute thread
+    stalls the others at the next barrier. On a 2-core machine (shapes demo, ResNet-18-FPN,
+    batch 16, 128 px) 50-iteration runs took 1.16 s/iteration with 2 workers and 0.89 s with 1
+    or 0; a step with its data loading took 0.77 s with one worker and 0.68 s with none.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    cap = cpus // max(world, 1) - (0 if cuda else torch.get_num_threads())
+    return max(0, min(int(requested), cap))
+
+
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed.
+    """Seed numpy and random in each worker from torch's per-worker seed; one OpenCV thread.
 
     Augmentation itself is seeded per sample (see data/sampler.py); this covers anything else.
+    OpenCV would otherwise start a thread pool per worker as wide as the machine, and on a
+    small CPU those threads compete with the model's.
     """
+    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -43,7 +70,8 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
 
     Training datasets are shuffled and, when their ``ratio`` differs, mixed by ratio (each
     dataset's share of the batch is proportional to its ratio). Under DDP each rank reads its shard.
-    ``ratios`` overrides the config's (one per part of ``dataset``).
+    ``ratios`` overrides the config's (one per part of ``dataset``). ``workers`` overrides
+    ``data.workers`` as given; the config's value is capped by :func:`usable_workers`.
     """
     train = split == "train"
     ds = dataset if dataset is not None else build_dataset(cfg, split)
@@ -56,7 +84,11 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
         weights = torch.cat([torch.full((len(p),), r / len(p), dtype=torch.double) for p, r in zip(ds.parts, ratios)])
     sampler = EpochSampler(len(ds), shuffle=shuffle, seed=cfg.train.seed, weights=weights,
                            rank=rank, world=world, drop_last=False)
-    workers = cfg.data.workers if workers is None else workers
+    if workers is None:  # the config's count is capped; an explicit one (benchmarks) is not
+        workers = usable_workers(cfg.data.workers, world)
+        if workers < cfg.data.workers:
+            log.info("data.workers %d -> %d: %d CPUs for %d rank(s) computing with %d threads each",
+                     cfg.data.workers, workers, os.cpu_count() or 1, world, torch.get_num_threads())
     return DataLoader(
         ds,
         batch_size=bs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import load_config
-from ..data.loader import build_loader
+from ..data.loader import build_loader, usable_workers
 from ..models.build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .evaluate import evaluate
@@ -41,7 +41,7 @@ def _eval_loader_for_train(cfg):
     tf = build_transforms(cfg.data.img_size, cfg.data.augment, train=False)
     ds = MultiDataset(build_datasets(cfg, "train", tf))
     return torch.utils.data.DataLoader(ds, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
-                                       num_workers=cfg.data.workers, collate_fn=Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std))
+                                       num_workers=usable_workers(cfg.data.workers), collate_fn=Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std))
 
 
 def _brief(classes: dict) -> str:
