@@ -6,7 +6,6 @@ import logging
 import os
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -39,13 +38,12 @@ def usable_workers(requested: int, world: int = 1, cuda: bool | None = None) -> 
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed; one OpenCV thread.
+    """Seed numpy and random in each worker from torch's per-worker seed.
 
     Augmentation itself is seeded per sample (see data/sampler.py); this covers anything else.
-    OpenCV would otherwise start a thread pool per worker as wide as the machine, and on a
-    small CPU those threads compete with the model's.
+    (OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker can deadlock
+    on the pool the parent's OpenCV calls started.)
     """
-    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
