@@ -4,8 +4,8 @@ By default the head pools C5, as a classifier on a ResNet does. ``levels`` lets 
 feature maps instead (e.g. the FPN's P3-P5) and concatenate them: for multi-label *presence*
 of small objects, max pooling over a stride-8 map keeps evidence that a 4x4 C5 map (128 px
 input) blurs, and FPN levels are the features the detection head trains on the same classes.
-On the shapes demo this lifted val cls mAP from 0.86 to the mid 0.9s at the same cost (see the
-README's demo table).
+On the shapes demo this lifted val cls mAP from 0.86-0.88 to 0.97-0.99 at the same cost (see
+the README's demo table).
 """
 
 from __future__ import annotations
