@@ -9,16 +9,7 @@ from torch import nn
 from visionmtl.models.heads import ClassificationHead
 from visionmtl.models.multitask import build_model
 
-from .test_models import BACKBONE, TASKS, S
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(n)
+from .test_models import BACKBONE, TASKS, S, _threads  # noqa: F401  (autouse: one intra-op thread, seed 0)
 
 
 def test_classification_head_pools_fpn_levels():

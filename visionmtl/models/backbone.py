@@ -2,6 +2,7 @@
 
 The backbone computes features once per batch and returns a dict keyed by level name:
 
+* ``"c1"``: the stem (conv1, norm, ReLU; stride 2, before the max-pool), for fine detail.
 * ``"c2".."c5"``: ResNet stage outputs (stride 4, 8, 16, 32). ``"c5"`` is always returned
   (the classification head needs it); the others only when asked for.
 * ``"p2".."p7"``: FPN outputs (stride ``2**k``, ``fpn_channels`` channels). P2-P5 come from
@@ -46,6 +47,7 @@ BACKBONE_NAMES: tuple[str, ...] = (
 
 #: Every output level the backbone can produce, with its stride in input pixels.
 LEVEL_STRIDES: dict[str, int] = {
+    "c1": 2,
     "c2": 4,
     "c3": 8,
     "c4": 16,
@@ -58,7 +60,7 @@ LEVEL_STRIDES: dict[str, int] = {
     "p7": 128,
 }
 
-_STAGE_OF_C = {"c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
+_STAGE_OF_C = {"c1": "relu", "c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
 _NORMS = ("bn", "frozen_bn", "gn")
 _STRIP_PREFIXES = ("module.", "backbone.", "body.")
 
@@ -172,7 +174,7 @@ class Backbone(nn.Module):
         name: torchvision builder name, one of :data:`BACKBONE_NAMES`.
         weights: ``"none"`` (random init), ``"imagenet"`` (torchvision default weights, cached in
             ``<torch hub dir>/checkpoints``) or a path to a ``.pth`` checkpoint.
-        levels: output levels to build, from ``c2..c5`` and ``p2..p7``. ``"c5"`` is always
+        levels: output levels to build, from ``c1..c5`` and ``p2..p7``. ``"c5"`` is always
             returned. No P-level -> no FPN.
         fpn_channels: channels of every P-level.
         freeze_stages: ``-1``/``0`` freeze nothing; ``1`` the stem (conv1 + bn1); ``2`` stem +
@@ -226,8 +228,9 @@ class Backbone(nn.Module):
 
         stage_channels = {
             c: [m for m in getattr(resnet, stage)[-1].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-            for c, stage in _STAGE_OF_C.items()
+            for c, stage in _STAGE_OF_C.items() if c != "c1"
         }
+        stage_channels["c1"] = resnet.conv1.out_channels
         self.body = IntermediateLayerGetter(resnet, return_layers={_STAGE_OF_C[c]: c for c in c_needed})
         self._fpn_inputs = tuple(fpn_inputs)
         self.fpn: FeaturePyramidNetwork | None = None

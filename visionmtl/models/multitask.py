@@ -196,7 +196,8 @@ def head_levels(head_type: str, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     if head_type == "detection":
         return tuple(cfg.get("levels") or _DETECTION_LEVELS)
     if head_type == "segmentation":
-        return tuple(cfg.get("levels") or default_levels(cfg.get("kind", "fpn")))
+        levels = tuple(cfg.get("levels") or default_levels(cfg.get("kind", "fpn")))
+        return levels + ((cfg["detail"],) if cfg.get("detail") else ())
     raise ValueError(f"unknown head type {head_type!r}; valid: {', '.join(HEAD_TYPES)}")
 
 
@@ -214,7 +215,7 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
 
     Args:
         backbone_kwargs: :class:`Backbone` keyword arguments; ``levels`` is computed from the
-            heads (detection P3-P7, segmentation P2-P5 for ``fpn`` / C2+C5 for ``aspp``,
+            heads (detection P3-P7, segmentation P2-P5 for ``fpn`` / C2+C5 for ``aspp`` plus its ``detail`` level,
             classification C5 or its ``levels``) and replaces any given value.
         tasks: task name -> ``{"type": "classification"|"detection"|"segmentation",
             "num_classes": int (or "classes": list of names), **head kwargs}``.
@@ -261,6 +262,8 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
             heads[name] = ClassificationHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_classes, **cfg)
             continue
         levels = head_levels(head_type, cfg)
+        if head_type == "segmentation" and cfg.get("detail"):
+            levels = levels[:-1]  # the detail level is passed on its own
         cfg.setdefault("levels", levels)
         cfg.setdefault("strides", [backbone.strides[lv] for lv in levels])
         if head_type == "detection":
@@ -269,7 +272,8 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
                 raise ValueError(f"task '{name}': detection levels {levels} have different channels {sorted(chans)}")
             heads[name] = DetectionHead(name, chans.pop(), num_classes, **cfg)
         else:
-            heads[name] = SegmentationHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_classes, **cfg)
+            read = levels + ((cfg["detail"],) if cfg.get("detail") else ())
+            heads[name] = SegmentationHead(name, {lv: backbone.out_channels[lv] for lv in read}, num_classes, **cfg)
     if sharing == "hard":
         return MultiTaskModel(backbone, heads)
     from visionmtl.mtl.sharing import SoftSharedModel, build_adapters

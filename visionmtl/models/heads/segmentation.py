@@ -12,6 +12,12 @@ GroupNorm so batch size 1 trains) on the coarsest level, upsampled and concatena
 the finest level's stride. With a single level (e.g. ``("c5",)``) it is plain DeepLabV3 at that
 level's stride.
 
+``detail`` (e.g. ``"c1"``, the ResNet stem at stride 2) adds a light decoder step after either
+kind: the fused features are reduced to ``detail_channels`` by a 1x1 conv, bilinearly upsampled
+to the detail level, concatenated with a 1x1 projection of that level (``detail_channels // 2``
+channels) and fused by one 3x3 conv block, so the classifier runs at the detail level's stride.
+The stem's edges sharpen boundaries and corners that stride-4 logits round off.
+
 Logits stay at the output stride in :meth:`forward`; :meth:`loss` and :meth:`predict` upsample.
 """
 
@@ -84,6 +90,8 @@ class SegmentationHead(nn.Module):
         ignore_index: target value excluded from the loss.
         strides: stride of each level (``None``: from the level names, ``pk``/``ck`` -> ``2**k``).
         atrous_rates: ASPP dilations (``None``: ``(6, 12, 18)`` scaled by ``16 / stride``).
+        detail: a level finer than ``levels`` (``"c1"``) for the detail decoder step, or ``None``.
+        detail_channels: width of the detail decoder step.
     """
 
     def __init__(
@@ -97,6 +105,8 @@ class SegmentationHead(nn.Module):
         ignore_index: int = 255,
         strides: Sequence[int] | None = None,
         atrous_rates: Sequence[int] | None = None,
+        detail: str | None = None,
+        detail_channels: int = 32,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -142,12 +152,33 @@ class SegmentationHead(nn.Module):
         else:
             raise ValueError(f"unknown segmentation head kind {kind!r}; valid: {', '.join(_DEFAULT_LEVELS)}")
 
+        self.detail = detail or None
+        if self.detail is not None:
+            d_stride = 2 ** int(self.detail[1:])
+            if d_stride >= self.out_stride:
+                raise ValueError(
+                    f"segmentation head: detail level {self.detail!r} (stride {d_stride}) must be finer than "
+                    f"the finest of {list(self.levels)} (stride {self.out_stride})"
+                )
+            d_in = int(in_channels[self.detail]) if isinstance(in_channels, Mapping) else int(in_channels)
+            dc = int(detail_channels)
+            self.detail_reduce = _conv_gn_relu(channels, dc, k=1)
+            self.detail_proj = _conv_gn_relu(d_in, max(dc // 2, 1), k=1)
+            self.detail_fuse = _conv_gn_relu(dc + max(dc // 2, 1), dc)
+            self.classifier = nn.Conv2d(dc, num_classes, 1)
+            self.out_stride = d_stride
+
+    @property
+    def read_levels(self) -> tuple[str, ...]:
+        """Every feature level :meth:`forward` reads (``levels`` plus ``detail``)."""
+        return self.levels + ((self.detail,) if self.detail else ())
+
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Args: ``features[level]`` float ``[B, C_l, H/s_l, W/s_l]``.
 
         Returns:
             ``{"logits": [B, num_classes, H/out_stride, W/out_stride]}`` (``out_stride`` = the
-            finest level's stride, 4 by default).
+            finest level's stride, 4 by default, or the ``detail`` level's).
         """
         finest = features[self.levels[0]]
         size = (finest.shape[-2], finest.shape[-1])
@@ -162,6 +193,10 @@ class SegmentationHead(nn.Module):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
                 x = torch.cat([x, self.low_proj(finest)], dim=1)
             x = self.fuse(x)
+        if self.detail is not None:
+            d = features[self.detail]
+            x = F.interpolate(self.detail_reduce(x), size=d.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.detail_fuse(torch.cat([x, self.detail_proj(d)], dim=1))
         return {"logits": self.classifier(x)}
 
     def loss(self, raw: Mapping[str, Tensor], targets: Sequence[Mapping], has: Tensor) -> dict[str, Tensor]:
