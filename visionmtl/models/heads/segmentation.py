@@ -168,11 +168,6 @@ class SegmentationHead(nn.Module):
             self.classifier = nn.Conv2d(dc, num_classes, 1)
             self.out_stride = d_stride
 
-    @property
-    def read_levels(self) -> tuple[str, ...]:
-        """Every feature level :meth:`forward` reads (``levels`` plus ``detail``)."""
-        return self.levels + ((self.detail,) if self.detail else ())
-
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Args: ``features[level]`` float ``[B, C_l, H/s_l, W/s_l]``.
 
