@@ -19,6 +19,14 @@ from .transforms import build_transforms
 log = logging.getLogger(__name__)
 
 
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def usable_workers(requested: int, world: int = 1, cuda: bool | None = None) -> int:
     """``requested`` loader workers, capped by the CPUs the model's own threads leave free.
 
@@ -29,11 +37,7 @@ def usable_workers(requested: int, world: int = 1, cuda: bool | None = None) -> 
     or 0; a step with its data loading took 0.77 s with one worker and 0.68 s with none.
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    cap = cpus // max(world, 1) - (0 if cuda else torch.get_num_threads())
+    cap = _cpus() // max(world, 1) - (0 if cuda else torch.get_num_threads())
     return max(0, min(int(requested), cap))
 
 
@@ -86,7 +90,7 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
         workers = usable_workers(cfg.data.workers, world)
         if workers < cfg.data.workers:
             log.info("data.workers %d -> %d: %d CPUs for %d rank(s) computing with %d threads each",
-                     cfg.data.workers, workers, os.cpu_count() or 1, world, torch.get_num_threads())
+                     cfg.data.workers, workers, _cpus(), world, torch.get_num_threads())
     return DataLoader(
         ds,
         batch_size=bs,

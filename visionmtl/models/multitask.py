@@ -261,9 +261,9 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
             cfg["levels"] = levels
             heads[name] = ClassificationHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_classes, **cfg)
             continue
-        levels = head_levels(head_type, cfg)
-        if head_type == "segmentation" and cfg.get("detail"):
-            levels = levels[:-1]  # the detail level is passed on its own
+        read = head_levels(head_type, cfg)
+        # a segmentation head's detail level is read, but passed on its own (not in ``levels``)
+        levels = read[:-1] if head_type == "segmentation" and cfg.get("detail") else read
         cfg.setdefault("levels", levels)
         cfg.setdefault("strides", [backbone.strides[lv] for lv in levels])
         if head_type == "detection":
@@ -272,7 +272,6 @@ def build_model(backbone_kwargs: Mapping[str, Any], tasks: Mapping[str, Mapping[
                 raise ValueError(f"task '{name}': detection levels {levels} have different channels {sorted(chans)}")
             heads[name] = DetectionHead(name, chans.pop(), num_classes, **cfg)
         else:
-            read = levels + ((cfg["detail"],) if cfg.get("detail") else ())
             heads[name] = SegmentationHead(name, {lv: backbone.out_channels[lv] for lv in read}, num_classes, **cfg)
     if sharing == "hard":
         return MultiTaskModel(backbone, heads)
