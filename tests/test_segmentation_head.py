@@ -9,6 +9,7 @@ import torch
 
 from visionmtl.models.backbone import Backbone
 from visionmtl.models.heads import SegmentationHead
+from visionmtl.models.heads.segmentation import lovasz_softmax, soft_dice
 from visionmtl.models.multitask import build_model
 
 from .test_models import BACKBONE, S, _threads  # noqa: F401  (autouse: one intra-op thread, seed 0)
@@ -88,3 +89,47 @@ def test_detail_decoder_resolves_what_stride_4_cannot():
     coarse, fine = _fit_stripes(None), _fit_stripes("c1")
     assert coarse < 0.85, coarse
     assert fine > 0.95, fine
+
+
+def test_lovasz_of_hard_prediction_is_one_minus_miou():
+    """On one-hot probabilities the Lovasz extension equals the set function: 1 - mIoU (present classes)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (500,), generator=g)
+    labels[labels == 3] = 2  # class 3 absent: not averaged
+    pred = labels.clone()
+    pred[:150] = (pred[:150] + 1) % 4
+    probs = torch.nn.functional.one_hot(pred, 4).float()
+    ious = [((pred == c) & (labels == c)).sum() / ((pred == c) | (labels == c)).sum() for c in range(3)]
+    assert lovasz_softmax(probs, labels).item() == pytest.approx(1 - torch.stack(ious).mean().item(), abs=1e-6)
+    exact = torch.nn.functional.one_hot(labels, 4).float()
+    assert lovasz_softmax(exact, labels).item() == 0 and soft_dice(exact, labels).item() == pytest.approx(0, abs=1e-6)
+    # a worse prediction scores a larger dice loss
+    assert soft_dice(probs, labels) > soft_dice(0.5 * probs + 0.5 * exact, labels)
+
+
+@pytest.mark.parametrize("region", ["lovasz", "dice"])
+def test_region_loss_terms_ignore_and_gradient(region):
+    head = SegmentationHead("seg", 8, 3, levels=("p2",), channels=8, region_loss=region, region_weight=0.5)
+    feats = {"p2": torch.randn(2, 8, 4, 4, requires_grad=True)}
+    raw = head(feats)
+    masks = torch.randint(0, 3, (2, 16, 16))
+    out = head.loss(raw, [{"mask": m} for m in masks], torch.tensor([True, True]))
+    assert set(out) == {"loss_seg_ce", f"loss_seg_{region}"}
+    out[f"loss_seg_{region}"].backward()
+    assert feats["p2"].grad.abs().sum() > 0
+    # ignored pixels do not count: flipping their labels to 255 or to another class ...
+    ignored = masks.clone()
+    ignored[:, :8] = 255
+    a = head.loss(raw, [{"mask": m} for m in ignored], torch.tensor([True, True]))[f"loss_seg_{region}"]
+    probs = torch.nn.functional.interpolate(raw["logits"], size=(16, 16), mode="bilinear").softmax(1)
+    keep = ignored != 255
+    ref = (lovasz_softmax if region == "lovasz" else soft_dice)(probs.permute(0, 2, 3, 1)[keep], ignored[keep])
+    assert a.item() == pytest.approx(0.5 * ref.item(), rel=1e-5)
+    # ... and a batch without labels gives zeros for both terms
+    none = head.loss(raw, [{"mask": m} for m in masks], torch.tensor([False, False]))
+    assert all(v.item() == 0 for v in none.values()) and set(none) == set(out)
+
+
+def test_region_loss_unknown_name():
+    with pytest.raises(ValueError, match="unknown region_loss 'iou'.*lovasz"):
+        SegmentationHead("seg", 8, 3, levels=("p2",), region_loss="iou")
