@@ -231,3 +231,36 @@ def test_usable_workers_leave_the_compute_threads_their_cores(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert usable_workers(4, world=1, cuda=False) == 4
     assert usable_workers(12, world=1, cuda=False) == 8
+
+
+def test_eval_img_size_sets_val_input_and_is_validated(shapes_dir):
+    ds = [{"type": "coco", "ann_file": str(shapes_dir / "train/annotations.json"), "img_dir": str(shapes_dir / "train/images")}]
+    tree = {
+        "tasks": {"det": {"type": "detection", "classes": ["circle", "square", "triangle", "star"]}},
+        "data": {"img_size": 64, "eval_img_size": 96, "batch_size": 2, "workers": 0, "train": ds, "val": ds},
+    }
+    cfg = config_from_dict(tree)
+    assert cfg.data.eval_size == 96
+    assert next(iter(build_loader(cfg, "train"))).images.shape[-2:] == (64, 64)
+    val = next(iter(build_loader(cfg, "val", shuffle=False)))
+    assert val.images.shape[-2:] == (96, 96)
+    # boxes are in the resized input; meta keeps the original size to map predictions back
+    assert max(val.meta[0]["input_size"]) == 96
+    tree["data"]["eval_img_size"] = 0
+    assert config_from_dict(tree).data.eval_size == 64
+    tree["data"]["eval_img_size"] = 80
+    with pytest.raises(ConfigError, match="data.eval_img_size.*multiple of 32, got 80"):
+        config_from_dict(tree)
+
+
+def test_eval_transform_keeps_the_original_mask_when_it_resizes():
+    img = np.zeros((40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 5:50] = 2
+    _, t = build_transforms(32, AugmentConfig(), train=False)(img, {"mask": mask})
+    assert t["mask"].shape == (21, 32) and torch.equal(t["mask_orig"], torch.from_numpy(mask))
+    _, same = build_transforms(64, AugmentConfig(), train=False)(img, {"mask": mask})  # longest side 60 -> 64
+    _, kept = build_transforms(60, AugmentConfig(), train=False)(img, {"mask": mask})  # no resize: no copy
+    assert "mask_orig" in same and "mask_orig" not in kept
+    _, tr = build_transforms(32, AugmentConfig(), train=True)(img, {"mask": mask}, 0)
+    assert "mask_orig" not in tr

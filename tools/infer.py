@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/infer", help="output folder")
     p.add_argument("--tasks", default=None, help="comma-separated task names (or head types) to run; default all")
     p.add_argument("--conf", type=float, default=0.3, help="detection score threshold")
-    p.add_argument("--imgsz", type=int, default=None, help="longest input side (default: the config's img_size)")
+    p.add_argument("--imgsz", type=int, default=None, help="longest input side (default: the config's data.eval_img_size, else data.img_size)")
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--half", action="store_true", help="fp16 autocast on CUDA, bf16 on CPU")

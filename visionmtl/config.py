@@ -99,7 +99,11 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    img_size: int = 256
+    img_size: int = 256  # training input size (longest side)
+    # evaluation and inference input size; 0 = img_size. Scale-augmented training (augment.scale)
+    # makes a larger test size than train size pay off (FixRes): see the README's demo figures
+    eval_img_size: int = 0
+    eval_flip: bool = False  # evaluation merges each image's predictions with its mirror's (models/tta.py)
     batch_size: int = 16
     val_batch_size: int = 0  # 0 = batch_size
     workers: int = 2  # on a CPU-only run, capped by the cores the model's threads leave free (data/loader.py)
@@ -107,6 +111,11 @@ class DataConfig:
     train: list[DatasetConfig] = field(default_factory=list)
     val: list[DatasetConfig] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def eval_size(self) -> int:
+        """Input size for evaluation and inference: ``eval_img_size``, or ``img_size`` when 0."""
+        return self.eval_img_size or self.img_size
 
 
 @dataclass
@@ -438,6 +447,9 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
     if cfg.data.img_size < 32 or cfg.data.img_size % 32:
         raise ConfigError(f"{_where('data.img_size', origin, file)}: key 'data.img_size' must be a positive multiple of 32, got {cfg.data.img_size}")
+    if cfg.data.eval_img_size and (cfg.data.eval_img_size < 32 or cfg.data.eval_img_size % 32):
+        raise ConfigError(f"{_where('data.eval_img_size', origin, file)}: key 'data.eval_img_size' must be 0 (= img_size) "
+                          f"or a positive multiple of 32, got {cfg.data.eval_img_size}")
     from .mtl.validate import validate_strategy
 
     validate_strategy(cfg, origin, file)

@@ -168,7 +168,8 @@ def train_and_evaluate(cfg: Config, combo: Sequence[str], work_dir: str | Path, 
     trainer = Trainer(sub, str(work_dir))
     trainer.train()
     loader = trainer.val_loader if trainer.val_loader is not None else _val_loader(sub)
-    return evaluate(trainer.net, loader, sub.tasks, trainer.device, trainer.amp_dtype, sub.train.channels_last)
+    return evaluate(trainer.net, loader, sub.tasks, trainer.device, trainer.amp_dtype, sub.train.channels_last,
+                    flip=sub.data.eval_flip)
 
 
 def evaluate_checkpoint(cfg: Config, combo: Sequence[str], path: str, device: Optional[str] = None) -> dict:
@@ -188,7 +189,8 @@ def evaluate_checkpoint(cfg: Config, combo: Sequence[str], path: str, device: Op
     sub = subset_config(cfg, combo)
     mf = torch.channels_last if sub.train.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=mf)
-    return evaluate(model, _val_loader(sub), sub.tasks, dev, pick_amp(sub.train.amp, dev), sub.train.channels_last)
+    return evaluate(model, _val_loader(sub), sub.tasks, dev, pick_amp(sub.train.amp, dev), sub.train.channels_last,
+                    flip=sub.data.eval_flip)
 
 
 def run_accuracy(cfg: Config, out_dir: str | Path, epochs: Optional[int] = None,

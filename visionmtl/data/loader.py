@@ -62,7 +62,8 @@ def dist_info() -> tuple[int, int]:
 
 def build_dataset(cfg, split: str) -> MultiDataset:
     """All datasets of ``cfg.data.<split>`` behind one index, with the split's transforms."""
-    tf = build_transforms(cfg.data.img_size, cfg.data.augment, train=split == "train")
+    train = split == "train"
+    tf = build_transforms(cfg.data.img_size if train else cfg.data.eval_size, cfg.data.augment, train=train)
     return MultiDataset(build_datasets(cfg, split, tf), seed=cfg.train.seed)
 
 

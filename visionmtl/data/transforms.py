@@ -3,7 +3,9 @@
 Train: longest side to ``img_size``, random rescale, pad and random crop back to ``img_size``,
 horizontal flip, brightness/contrast and hue/saturation jitter. Eval: longest side to
 ``img_size`` (collate pads to a multiple of 32, bottom/right, so predictions map back by one
-scale factor). Boxes that leave the crop are dropped together with their labels.
+scale factor); when that resizes a mask, the original one is kept as ``mask_orig`` so
+segmentation is scored at the original resolution. Boxes that leave the crop are dropped
+together with their labels.
 
 Images stay uint8 here; collate normalises the whole batch in one vectorised step, which costs
 a fraction of albumentations' per-image ``Normalize`` (see tools/benchmark_data.py).
@@ -44,7 +46,7 @@ def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transfo
             ops.append(A.HueSaturationValue(hue_shift_limit=int(round(aug.hue * 180)),
                                             sat_shift_limit=int(round(aug.saturation * 255)), val_shift_limit=0,
                                             p=aug.hsv_p))
-    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)))
+    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)), keep_orig_mask=not train)
 
 
 class Transform:
@@ -52,11 +54,13 @@ class Transform:
 
     Returns ``(image uint8 [3,H,W], target)`` with ``boxes`` float32 [N,4], ``box_labels``
     int64 [N] (albumentations hands labels back as floats), ``mask`` uint8 [H,W] (255 = ignore; heads cast on device), ``labels``
-    int64 [K]; keys absent from the input stay absent.
+    int64 [K]; keys absent from the input stay absent. With ``keep_orig_mask``, a mask the
+    pipeline resized is also returned untouched as ``mask_orig`` uint8 [h0, w0].
     """
 
-    def __init__(self, compose: A.Compose):
+    def __init__(self, compose: A.Compose, keep_orig_mask: bool = False):
         self.compose = compose
+        self.keep_orig_mask = keep_orig_mask
 
     def __call__(self, image: np.ndarray, target: dict, seed: Optional[int] = None) -> tuple[torch.Tensor, dict]:
         if seed is not None:
@@ -75,6 +79,8 @@ class Transform:
             new["box_labels"] = torch.as_tensor(np.asarray(out["box_labels"]).astype(np.int64).reshape(-1))
         if "mask" in target:
             new["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.uint8))
+            if self.keep_orig_mask and new["mask"].shape != target["mask"].shape[:2]:
+                new["mask_orig"] = torch.from_numpy(np.ascontiguousarray(target["mask"], dtype=np.uint8))
         if "labels" in new:
             new["labels"] = torch.as_tensor(np.asarray(new["labels"], np.int64).reshape(-1))
         return img, new

@@ -1,8 +1,10 @@
 """Run a model over a loader and compute every task's metrics.
 
 Detection is scored by pycocotools in original image pixels (predicted and ground-truth boxes
-are both scaled back from the network input); segmentation by a confusion matrix at the network
-input resolution (the padded border excluded); classification by AP / top-1. Only the images that
+are both scaled back from the network input); segmentation by a confusion matrix at the original
+resolution (logits resized back as inference does, against the untouched mask, or the
+transformed one without its padded border when the input was not resized); classification by
+AP / top-1. Only the images that
 carry a task's label count for that task. Metrics are reduced across DDP ranks.
 """
 
@@ -15,6 +17,7 @@ import torch
 from ..metrics.classification import ClassificationEvaluator
 from ..metrics.detection import CocoDetectionEvaluator
 from ..metrics.segmentation import SegmentationEvaluator
+from ..models.tta import predict_flip
 
 
 def build_evaluators(tasks: dict) -> dict:
@@ -41,8 +44,11 @@ def _scale_boxes(boxes: torch.Tensor, meta: dict) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: bool = True,
-             max_batches: int = 0) -> dict:
-    """Return ``{task: metrics}`` with fixed keys (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``)."""
+             max_batches: int = 0, flip: bool = False) -> dict:
+    """Return ``{task: metrics}`` with fixed keys (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``).
+
+    ``flip``: merge each batch's predictions with its mirrored copy's (:mod:`visionmtl.models.tta`).
+    """
     net = getattr(model, "module", model)
     was_training = net.training
     net.eval()
@@ -57,10 +63,17 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
         if len(batch) == 0:
             continue
         images = batch.images.to(device, non_blocking=True, memory_format=mf)
-        with ac:
-            raw = net(images)
         sizes = [m["input_size"] for m in batch.meta]
-        preds = net.predict(raw, sizes)
+        origs = [m["orig_size"] for m in batch.meta]  # predictions come back in original pixels
+        if flip:
+            def forward(x):
+                with ac:
+                    return net(x)
+            preds = predict_flip(net, images, sizes, forward, origs)
+        else:
+            with ac:
+                raw = net(images)
+            preds = net.predict(raw, sizes, origs)
         for name, t in tasks.items():
             idx = [i for i, h in enumerate(batch.has[name].tolist()) if h]
             if not idx:
@@ -73,8 +86,8 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
                 evaluators[name].update(scores, labels)
             elif t.type == "detection":
                 metas = [batch.meta[i] for i in idx]
-                pd = [{"boxes": _scale_boxes(x["boxes"].float().cpu(), m), "scores": x["scores"].float().cpu(),
-                       "labels": x["labels"].cpu()} for x, m in zip(p, metas)]
+                pd = [{"boxes": x["boxes"].float().cpu(), "scores": x["scores"].float().cpu(),
+                       "labels": x["labels"].cpu()} for x in p]
                 gt = [{"boxes": _scale_boxes(tgt["boxes"].float(), m), "box_labels": tgt["box_labels"]}
                       for tgt, m in zip(tg, metas)]
                 evaluators[name].update(pd, gt)
@@ -82,8 +95,9 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
                 pm, gm = [], []
                 for x, tgt, i in zip(p, tg, idx):
                     h, w = batch.meta[i]["input_size"]
-                    pm.append(x["mask"][:h, :w].cpu())
-                    gm.append(tgt["mask"][:h, :w].cpu())
+                    # the input was resized: the untouched mask, else the transformed one unpadded
+                    pm.append(x["mask"].cpu())
+                    gm.append((tgt["mask_orig"] if "mask_orig" in tgt else tgt["mask"][:h, :w]).cpu())
                 evaluators[name].update(pm, gm)
     results = {}
     for name, ev in evaluators.items():

@@ -29,7 +29,8 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     model = model.to(dev, memory_format=mf).eval()
     # the training split is evaluated with the eval transforms (no augmentation)
     loader = _eval_loader_for_train(cfg) if split == "train" else build_loader(cfg, split, shuffle=False)
-    return evaluate(model, loader, cfg.tasks, dev, pick_amp(cfg.train.amp, dev), cfg.train.channels_last)
+    return evaluate(model, loader, cfg.tasks, dev, pick_amp(cfg.train.amp, dev), cfg.train.channels_last,
+                    flip=cfg.data.eval_flip)
 
 
 def _eval_loader_for_train(cfg):
@@ -38,7 +39,7 @@ def _eval_loader_for_train(cfg):
     from ..data.sampler import MultiDataset
     from ..data.transforms import build_transforms
 
-    tf = build_transforms(cfg.data.img_size, cfg.data.augment, train=False)
+    tf = build_transforms(cfg.data.eval_size, cfg.data.augment, train=False)
     ds = MultiDataset(build_datasets(cfg, "train", tf))
     return torch.utils.data.DataLoader(ds, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
                                        num_workers=usable_workers(cfg.data.workers), collate_fn=Collate(cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std))

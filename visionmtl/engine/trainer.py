@@ -347,7 +347,7 @@ class Trainer:
 
     def evaluate(self, loader=None) -> dict:
         return evaluate(self.model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
-                        self.cfg.train.channels_last)
+                        self.cfg.train.channels_last, flip=self.cfg.data.eval_flip)
 
     # ----------------------------------------------------------------------------------------
     def state(self) -> dict:

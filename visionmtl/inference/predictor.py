@@ -100,7 +100,7 @@ class Predictor:
         device: where to run.
         tasks: task names (or head types) to run, default all; ``"cls,det"`` or a list.
         conf: detection score threshold of the results.
-        imgsz: longest input side (default ``cfg.data.img_size``).
+        imgsz: longest input side (default ``cfg.data.eval_size``: ``eval_img_size``, else ``img_size``).
         half: fp16 autocast on CUDA, bf16 on CPU; otherwise autocast follows the trainer's
             ``auto`` rule (bf16 on CUDA, and on CPUs with AMX / AVX512-BF16; fp32 elsewhere).
         channels_last: run the model in channels-last memory format.
@@ -117,7 +117,7 @@ class Predictor:
         if not 0.0 <= conf <= 1.0:
             raise ConfigError(f"--conf must be in [0, 1], got {conf}")
         self.conf = float(conf)
-        self.imgsz = int(imgsz or cfg.data.img_size)
+        self.imgsz = int(imgsz or cfg.data.eval_size)
         if self.imgsz < 32:
             raise ConfigError(f"--imgsz must be at least 32, got {self.imgsz}")
         self.batch_size = max(1, int(batch_size))

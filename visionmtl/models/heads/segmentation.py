@@ -292,8 +292,9 @@ class SegmentationHead(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per-image class masks.
 
-        Logits are bilinearly upsampled by ``out_stride`` over the valid region, cropped to
-        ``image_sizes[i]``, arg-maxed, and the label map nearest-resized to ``orig_sizes[i]``.
+        Logits are bilinearly upsampled by ``out_stride`` over the valid region and cropped to
+        ``image_sizes[i]``; when ``orig_sizes[i]`` differs they are bilinearly resized to it (as
+        MMSegmentation does, rather than resizing the label map), then arg-maxed.
 
         Returns:
             One dict per image: ``{"mask": int64 [h, w]}`` (original size when given, else the
@@ -310,8 +311,7 @@ class SegmentationHead(nn.Module):
             hc, wc = min(math.ceil(h / s), logits.shape[-2]), min(math.ceil(w / s), logits.shape[-1])
             region = logits[i : i + 1, :, :hc, :wc].float()
             up = F.interpolate(region, size=(hc * s, wc * s), mode="bilinear", align_corners=False)[..., :h, :w]
-            mask = up.argmax(dim=1)  # [1, h, w]
             if origs is not None and tuple(origs[i]) != (h, w):
-                mask = F.interpolate(mask[None].float(), size=origs[i], mode="nearest-exact")[0].round().long()
-            results.append({"mask": mask[0].to(torch.int64)})
+                up = F.interpolate(up, size=origs[i], mode="bilinear", align_corners=False)
+            results.append({"mask": up.argmax(dim=1)[0].to(torch.int64)})
         return results
