@@ -246,8 +246,15 @@ def test_eval_img_size_sets_val_input_and_is_validated(shapes_dir):
     assert val.images.shape[-2:] == (96, 96)
     # boxes are in the resized input; meta keeps the original size to map predictions back
     assert max(val.meta[0]["input_size"]) == 96
+    # inference defaults to the evaluation size; an explicit imgsz (--imgsz) wins
+    from visionmtl.inference.predictor import Predictor
+    from visionmtl.models.build import build_model
+
+    model = build_model(cfg)
+    assert Predictor(model, cfg).imgsz == 96 and Predictor(model, cfg, imgsz=64).imgsz == 64
     tree["data"]["eval_img_size"] = 0
-    assert config_from_dict(tree).data.eval_size == 64
+    cfg = config_from_dict(tree)
+    assert cfg.data.eval_size == 64 and Predictor(model, cfg).imgsz == 64
     tree["data"]["eval_img_size"] = 80
     with pytest.raises(ConfigError, match="data.eval_img_size.*multiple of 32, got 80"):
         config_from_dict(tree)

@@ -171,14 +171,6 @@ def test_task_selection(ckpt):
         Predictor.from_checkpoint(ckpt, device="cpu", tasks="det,depth")
 
 
-def test_predictor_default_size_is_eval_size(ckpt):
-    p = Predictor.from_checkpoint(ckpt, device="cpu")
-    assert p.cfg.data.eval_img_size == 0 and p.imgsz == p.cfg.data.img_size
-    p.cfg.data.eval_img_size = 96
-    assert Predictor(p.model, p.cfg).imgsz == 96
-    assert Predictor(p.model, p.cfg, imgsz=64).imgsz == 64  # --imgsz wins
-
-
 def test_stream_api_yields_every_frame_with_track_ids(predictor, video):
     got = list(predictor.stream(str(video), batch=3, track=True))
     assert [i for i, _, _ in got] == list(range(20))

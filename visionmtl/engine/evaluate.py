@@ -17,6 +17,7 @@ import torch
 from ..metrics.classification import ClassificationEvaluator
 from ..metrics.detection import CocoDetectionEvaluator
 from ..metrics.segmentation import SegmentationEvaluator
+from ..models.heads.common import rescale_boxes
 from ..models.tta import predict_flip
 
 
@@ -34,12 +35,6 @@ def build_evaluators(tasks: dict) -> dict:
 
 def main_metric(task_type: str, multilabel: bool = True) -> str:
     return {"classification": "mAP" if multilabel else "top1", "detection": "mAP", "segmentation": "mIoU"}[task_type]
-
-
-def _scale_boxes(boxes: torch.Tensor, meta: dict) -> torch.Tensor:
-    (ih, iw), (oh, ow) = meta["input_size"], meta["orig_size"]
-    s = boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
-    return boxes * s
 
 
 @torch.inference_mode()
@@ -88,7 +83,7 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
                 metas = [batch.meta[i] for i in idx]
                 pd = [{"boxes": x["boxes"].float().cpu(), "scores": x["scores"].float().cpu(),
                        "labels": x["labels"].cpu()} for x in p]
-                gt = [{"boxes": _scale_boxes(tgt["boxes"].float(), m), "box_labels": tgt["box_labels"]}
+                gt = [{"boxes": rescale_boxes(tgt["boxes"].float(), m["input_size"], m["orig_size"]), "box_labels": tgt["box_labels"]}
                       for tgt, m in zip(tg, metas)]
                 evaluators[name].update(pd, gt)
             else:

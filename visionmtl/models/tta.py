@@ -23,7 +23,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from .heads.classification import ClassificationHead
-from .heads.common import hw_list
+from .heads.common import hw_list, rescale_boxes
 from .heads.detection import DetectionHead
 from .heads.segmentation import SegmentationHead
 
@@ -88,7 +88,6 @@ def predict_flip(net: torch.nn.Module, images: Tensor, image_sizes: Sequence | T
         for i in range(b):
             det = _merge_detections(plain[i], mirrored[i], width, sizes[i], head)
             if origs is not None and origs[i] != sizes[i]:
-                (h, w), (oh, ow) = sizes[i], origs[i]
-                det["boxes"] = clip_boxes_to_image(det["boxes"] * det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h]), (oh, ow))
+                det["boxes"] = clip_boxes_to_image(rescale_boxes(det["boxes"], sizes[i], origs[i]), origs[i])
             results[i][task] = det
     return results

@@ -28,7 +28,7 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from .common import group_norm, hw_list
+from .common import group_norm, hw_list, rescale_boxes
 
 __all__ = ["DetectionHead", "Scale"]
 
@@ -431,7 +431,6 @@ class DetectionHead(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             if origs is not None:
                 oh, ow = origs[i]
-                scale = boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
-                boxes = clip_boxes_to_image(boxes * scale, (oh, ow))
+                boxes = clip_boxes_to_image(rescale_boxes(boxes, (h, w), (oh, ow)), (oh, ow))
             results.append({"boxes": boxes.float(), "scores": scores.float(), "labels": labels.to(torch.int64)})
         return results
