@@ -162,6 +162,8 @@ class TrainConfig:
     gamma: float = 0.1
     min_lr_ratio: float = 0.01
     clip_grad: float = 0.0  # max grad norm; 0 disables
+    ema_decay: float = 0.0  # EMA of the weights for validation, best.pt and inference; 0 = off
+    ema_tau: float = 200.0  # EMA warm-up in iterations: decay * (1 - exp(-iteration / tau))
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -450,6 +452,11 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
     if cfg.data.eval_img_size and (cfg.data.eval_img_size < 32 or cfg.data.eval_img_size % 32):
         raise ConfigError(f"{_where('data.eval_img_size', origin, file)}: key 'data.eval_img_size' must be 0 (= img_size) "
                           f"or a positive multiple of 32, got {cfg.data.eval_img_size}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"{_where('train.ema_decay', origin, file)}: key 'train.ema_decay' must be 0 (off) "
+                          f"or in (0, 1), got {cfg.train.ema_decay}")
+    if cfg.train.ema_tau < 0:
+        raise ConfigError(f"{_where('train.ema_tau', origin, file)}: key 'train.ema_tau' must be >= 0, got {cfg.train.ema_tau}")
     from .mtl.validate import validate_strategy
 
     validate_strategy(cfg, origin, file)

@@ -168,7 +168,7 @@ def train_and_evaluate(cfg: Config, combo: Sequence[str], work_dir: str | Path, 
     trainer = Trainer(sub, str(work_dir))
     trainer.train()
     loader = trainer.val_loader if trainer.val_loader is not None else _val_loader(sub)
-    return evaluate(trainer.net, loader, sub.tasks, trainer.device, trainer.amp_dtype, sub.train.channels_last,
+    return evaluate(trainer.eval_model, loader, sub.tasks, trainer.device, trainer.amp_dtype, sub.train.channels_last,
                     flip=sub.data.eval_flip)
 
 

@@ -68,6 +68,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+def inference_state(ckpt: dict) -> dict:
+    """The weights to evaluate or deploy: the EMA (``train.ema_decay``) when the run kept one."""
+    return ckpt["ema"] if "ema" in ckpt else ckpt["model"]
+
+
 def load_model_state(model: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:
     """Load weights strictly; a mismatch (a checkpoint from another config) gives one clear line."""
     own = model.state_dict()

@@ -7,7 +7,7 @@ import torch
 from ..config import load_config
 from ..data.loader import build_loader, usable_workers
 from ..models.build import build_model
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .checkpoint import CheckpointError, inference_state, load_checkpoint, load_model_state
 from .evaluate import evaluate
 from .trainer import pick_amp, pick_device
 
@@ -24,7 +24,7 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     cfg.model.backbone.weights = "none"
     dev = pick_device(device if device != "auto" else cfg.train.device)
     model = build_model(cfg)
-    load_model_state(model, ckpt["model"], checkpoint)
+    load_model_state(model, inference_state(ckpt), checkpoint)
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=mf).eval()
     # the training split is evaluated with the eval transforms (no augmentation)

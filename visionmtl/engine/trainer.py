@@ -29,7 +29,9 @@ from ..data.loader import build_dataset, build_loader
 from ..data.sampler import MultiDataset
 from ..models.build import build_model
 from . import dist
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, inference_state, load_checkpoint, load_model_state, rng_state, save_checkpoint,
+                         set_rng_state)
+from .ema import ModelEMA
 from .evaluate import evaluate, summary_score
 from .logger import RunLogger, plot_curves
 from ..mtl.alternating import TaskStreams, task_parts
@@ -123,6 +125,7 @@ class Trainer:
         self.net = build_model(cfg).to(self.device, memory_format=self.memory_format)
         self.local_rank = local_rank
         self.model = self._wrap()
+        self.ema = ModelEMA(self.net, tc.ema_decay, tc.ema_tau) if tc.ema_decay > 0 else None
         self.weights = {n: t.weight for n, t in cfg.tasks.items()}
         mc = tc.method
         self.method = build_method(mc.name, list(cfg.tasks), self.weights, mc.args, mc.task_grad_clip)
@@ -264,6 +267,8 @@ class Trainer:
             self.optim.unscale(self.scaler, tasks[0] if len(tasks) == 1 else None)
             torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.grad is not None], self.cfg.train.clip_grad)
         self.optim.step(self.scaler, tasks[0] if len(tasks) == 1 else None)
+        if self.ema is not None:
+            self.ema.update(self.net)
         for t in active:
             self._epoch_loss[t] = self._epoch_loss.get(t, 0.0) + self._task_value(out, t)
             self._epoch_count[t] = self._epoch_count.get(t, 0) + 1
@@ -345,14 +350,20 @@ class Trainer:
                 log.warning("could not plot curves: %s", e)
         return metrics
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation, ``best.pt`` and inference use: the EMA of the weights when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self, loader=None) -> dict:
-        return evaluate(self.model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
+        return evaluate(self.eval_model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
                         self.cfg.train.channels_last, flip=self.cfg.data.eval_flip)
 
     # ----------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
             "model": self.net.state_dict(),
+            **({"ema": self.ema.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}),
             "optimizer": self.optim.state_dict()[0],
             "scheduler": self.optim.state_dict()[1],
             "method": self.method.state_dict(),
@@ -375,6 +386,10 @@ class Trainer:
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         load_model_state(self.net, ckpt["model"], str(path))
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", ckpt["iteration"]), f"{path} (ema)")
+        elif self.ema is not None:  # EMA switched on at resume: start it from the resumed weights
+            self.ema = ModelEMA(self.net, self.cfg.train.ema_decay, self.cfg.train.ema_tau)
         self.optim.load_state_dict(ckpt["optimizer"], ckpt["scheduler"])
         if "method" in ckpt:
             self.method.load_state_dict(ckpt["method"])
@@ -406,5 +421,5 @@ def load_trained(path: str, device="cpu"):
     cfg = config_from_dict(ckpt["config"], source=str(path))
     cfg.model.backbone.weights = "none"
     model = build_model(cfg)
-    load_model_state(model, ckpt["model"], str(path))
+    load_model_state(model, inference_state(ckpt), str(path))
     return model.to(device).eval(), cfg, ckpt
