@@ -133,3 +133,39 @@ def test_region_loss_terms_ignore_and_gradient(region):
 def test_region_loss_unknown_name():
     with pytest.raises(ValueError, match="unknown region_loss 'iou'.*lovasz"):
         SegmentationHead("seg", 8, 3, levels=("p2",), region_loss="iou")
+
+
+def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept():
+    """OHEM cross-entropy: pixels whose true-class probability is <= the threshold, or the
+    ``ohem_min_kept`` hardest when fewer are; ignored pixels never; easy pixels get no gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16) * 3
+    masks = torch.randint(0, 3, (2, 16, 16))
+    masks[0, :4] = 255
+    targets = [{"mask": m} for m in masks]
+    has = torch.tensor([True, True])
+    valid = masks != 255
+    ce = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255, reduction="none")
+    p_true = (-ce).exp()
+    for thresh, min_kept in [(0.7, 0.05), (0.01, 0.6)]:
+        head = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8,
+                                ohem_thresh=thresh, ohem_min_kept=min_kept)
+        x = logits.clone().requires_grad_(True)
+        loss = head.loss({"logits": x}, targets, has)["loss_seg_ce"]
+        below = valid & (p_true <= thresh)
+        k = int(min_kept * valid.sum().item() + 0.999)
+        if below.sum() >= k:
+            want, chosen = ce[below].mean(), below
+        else:  # too few under the threshold: the k hardest
+            kth = ce[valid].topk(k).values.min()
+            chosen = valid & (ce >= kth)
+            want = ce[chosen].mean()
+        assert 0 < chosen.sum() < valid.sum()
+        assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+        loss.backward()
+        g = x.grad.abs().sum(1)
+        assert (g[~chosen] == 0).all() and (g[chosen] > 0).all()
+    plain = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8)
+    assert plain.loss({"logits": logits}, targets, has)["loss_seg_ce"].item() == pytest.approx(ce[valid].mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="ohem_thresh"):
+        SegmentationHead("seg", 8, 3, ohem_thresh=1.5)

@@ -24,6 +24,12 @@ classes present in the batch so a small shape counts as much as the background:
 per-class IoU, i.e. of mIoU itself; ``"dice"`` is the soft Dice loss. Both are weighted by
 ``region_weight`` and reported as ``loss_<task>_lovasz`` / ``loss_<task>_dice``.
 
+``ohem_thresh`` (> 0) switches the cross-entropy to online hard example mining over pixels, as
+MMSegmentation's ``OHEMPixelSampler``: only pixels whose predicted probability of their true
+class is at most ``ohem_thresh`` count, and at least the ``ohem_min_kept`` fraction of the
+batch's labelled pixels (the hardest ones). Easy background, most of every image, then stops
+diluting the loss of small objects and edges.
+
 Logits stay at the output stride in :meth:`forward`; :meth:`loss` and :meth:`predict` upsample.
 """
 
@@ -142,6 +148,8 @@ class SegmentationHead(nn.Module):
         detail_channels: width of the detail decoder step.
         region_loss: ``None``, ``"lovasz"`` or ``"dice"``: a region term added to the pixel CE.
         region_weight: its weight.
+        ohem_thresh: OHEM probability threshold in ``(0, 1]``; 0 = plain cross-entropy.
+        ohem_min_kept: fraction of labelled pixels OHEM keeps at least, in ``(0, 1]``.
     """
 
     def __init__(
@@ -159,6 +167,8 @@ class SegmentationHead(nn.Module):
         detail_channels: int = 32,
         region_loss: str | None = None,
         region_weight: float = 1.0,
+        ohem_thresh: float = 0.0,
+        ohem_min_kept: float = 0.1,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -167,6 +177,10 @@ class SegmentationHead(nn.Module):
             raise ValueError(f"task '{task}': unknown region_loss {region_loss!r}; valid: {', '.join(_REGION_LOSSES)} or null")
         self.region_loss = region_loss
         self.region_weight = float(region_weight)
+        if not 0.0 <= ohem_thresh <= 1.0 or not 0.0 < ohem_min_kept <= 1.0:
+            raise ValueError(f"task '{task}': ohem_thresh must be in [0, 1] and ohem_min_kept in (0, 1], "
+                             f"got {ohem_thresh} and {ohem_min_kept}")
+        self.ohem_thresh, self.ohem_min_kept = float(ohem_thresh), float(ohem_min_kept)
         if isinstance(levels, str):
             levels = (levels,)
         self.levels = tuple(levels) if levels else default_levels(kind)
@@ -275,13 +289,29 @@ class SegmentationHead(nn.Module):
         masks = torch.stack([torch.as_tensor(targets[i]["mask"]) for i in idx]).to(device=logits.device, dtype=torch.int64)
         sel = logits if len(idx) == logits.shape[0] else logits[torch.as_tensor(idx, device=logits.device)]
         sel = F.interpolate(sel.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        total = F.cross_entropy(sel, masks, ignore_index=self.ignore_index, reduction="sum")
         keep = masks != self.ignore_index
-        out = {key: total / keep.sum().clamp_min(1)}
+        if self.ohem_thresh > 0:
+            out = {key: self._ohem_ce(sel, masks, keep)}
+        else:
+            total = F.cross_entropy(sel, masks, ignore_index=self.ignore_index, reduction="sum")
+            out = {key: total / keep.sum().clamp_min(1)}
         if self.region_loss:
             probs = sel.softmax(dim=1).permute(0, 2, 3, 1)[keep]  # [P, C] over non-ignored pixels
             out[rkey] = self.region_weight * _REGION_LOSSES[self.region_loss](probs, masks[keep])
         return out
+
+    def _ohem_ce(self, logits: Tensor, masks: Tensor, keep: Tensor) -> Tensor:
+        """Mean cross-entropy over the hard pixels: true-class probability <= the threshold, or
+        among the ``ohem_min_kept`` fraction with the lowest."""
+        ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="none")[keep]
+        if ce.numel() == 0:
+            return logits.sum() * 0
+        with torch.no_grad():
+            k = max(1, int(math.ceil(self.ohem_min_kept * ce.numel())))
+            # p_true = exp(-ce); the k-th smallest p_true is exp(-(k-th largest ce))
+            kth = ce.topk(k, sorted=False).values.min()
+            hard = ce >= torch.minimum(kth, ce.new_tensor(-math.log(self.ohem_thresh)))
+        return ce[hard].mean()
 
     @torch.no_grad()
     def predict(
