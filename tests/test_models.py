@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import box_iou
 
-from visionmtl.models.backbone import Backbone, WeightsError
+from visionmtl.models.backbone import Backbone, LastLevelConvs, WeightsError
 from visionmtl.models.heads import DetectionHead, SegmentationHead
 from visionmtl.models.multitask import HEAD_TYPES, MultiTaskModel, build_model
 
@@ -299,6 +299,30 @@ def test_backbone_strides_channels_and_shapes():
     assert Backbone("resnet18", levels=("c2", "c5")).out_channels == {"c2": 64, "c5": 512}
     with pytest.raises(ValueError, match="resnet18"):
         Backbone("vgg16")
+
+
+def test_backbone_three_stages_builds_no_layer4():
+    bb = Backbone("resnet18", levels=("p2", "p3", "p4", "p5", "p6", "p7"), fpn_channels=16, num_stages=3)
+    assert not hasattr(bb.body, "layer4") and not any("layer4" in n for n, _ in bb.named_parameters())
+    assert bb.strides == {"c4": 16, **{f"p{k}": 2 ** k for k in range(2, 8)}}
+    assert bb.out_channels == {"c4": 256, **{f"p{k}": 16 for k in range(2, 8)}}
+    feats = bb(torch.randn(1, 3, 128, 96))
+    assert set(feats) == set(bb.strides)
+    for k, f in feats.items():
+        assert f.shape == (1, bb.out_channels[k], math.ceil(128 / bb.strides[k]), math.ceil(96 / bb.strides[k]))
+    # P5-P7 are a chain of stride-2 convs on P4; the FPN itself reads C2-C4
+    assert isinstance(bb.fpn.extra_blocks, LastLevelConvs) and bb.fpn.extra_blocks.names == ("p5", "p6", "p7")
+    assert len(bb.fpn.inner_blocks) == 3
+    # only the levels asked for: P5 alone needs one conv, P4 none
+    assert Backbone("resnet18", levels=("p3", "p4", "p5"), num_stages=3).fpn.extra_blocks.names == ("p5",)
+    assert Backbone("resnet18", levels=("p3", "p4"), num_stages=3).fpn.extra_blocks is None
+    four = Backbone("resnet18", levels=("p3", "p4", "p5"), fpn_channels=16)
+    three = Backbone("resnet18", levels=("p3", "p4", "p5"), fpn_channels=16, num_stages=3)
+    assert sum(p.numel() for p in three.parameters()) < 0.3 * sum(p.numel() for p in four.parameters())
+    with pytest.raises(ValueError, match=r"\['c5'\].*model.backbone.num_stages is 3"):
+        Backbone("resnet18", levels=("p3", "c5"), num_stages=3)
+    with pytest.raises(ValueError, match="num_stages must be 3 or 4"):
+        Backbone("resnet18", num_stages=5)
 
 
 def test_backbone_freeze_bn_keeps_running_stats():

@@ -38,6 +38,7 @@ class BackboneConfig:
     freeze_stages: int = 0  # 0 none, 1 stem, 2 stem+layer1, ... 5 everything
     freeze_bn: bool = False
     fpn_channels: int = 128
+    num_stages: int = 4  # ResNet stages built: 4 (C2-C5) or 3 (no layer4; P5+ from convs on P4)
 
 
 SHARING_MODES = ("hard", "soft", "mtan", "private")

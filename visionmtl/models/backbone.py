@@ -3,12 +3,19 @@
 The backbone computes features once per batch and returns a dict keyed by level name:
 
 * ``"c1"``: the stem (conv1, norm, ReLU; stride 2, before the max-pool), for fine detail.
-* ``"c2".."c5"``: ResNet stage outputs (stride 4, 8, 16, 32). ``"c5"`` is always returned
-  (the classification head needs it); the others only when asked for.
+* ``"c2".."c5"``: ResNet stage outputs (stride 4, 8, 16, 32). The deepest built stage (``"c5"``,
+  or ``"c4"`` with ``num_stages=3``) is always returned; the others only when asked for.
 * ``"p2".."p7"``: FPN outputs (stride ``2**k``, ``fpn_channels`` channels). P2-P5 come from
   :class:`torchvision.ops.FeaturePyramidNetwork` over C3-C5 (plus C2 when ``"p2"`` is asked for);
   P6/P7 come from :class:`torchvision.ops.feature_pyramid_network.LastLevelP6P7` applied to P5
   (FCOS style). When no P-level is asked for, no FPN is built at all.
+
+``num_stages=3`` builds the ResNet only up to ``layer3`` (C4, stride 16): ``layer4`` is neither
+built nor run, as torchvision's ``returned_layers`` without the last stage. The FPN then runs over
+C2/C3-C4, and P5 and above come from a chain of stride-2 3x3 convs on P4 (ReLU between them), the
+way FCOS and RetinaNet build P6/P7. For ResNet-18 ``layer4`` holds 75% of the parameters and,
+at 128 px, 23% of the backbone's FLOPs; on small images whose objects are all far smaller than
+C4's receptive field it is compute without a use (see the README's shapes figures).
 
 All outputs are float tensors ``[B, C_level, ceil(H/stride), ceil(W/stride)]`` in the input's
 dtype (or the autocast dtype) and memory format.
@@ -27,9 +34,9 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
-__all__ = ["BACKBONE_NAMES", "LEVEL_STRIDES", "Backbone", "WeightsError", "load_backbone_state_dict"]
+__all__ = ["BACKBONE_NAMES", "LEVEL_STRIDES", "Backbone", "LastLevelConvs", "WeightsError", "load_backbone_state_dict"]
 
 #: torchvision model builders accepted as ``name``.
 BACKBONE_NAMES: tuple[str, ...] = (
@@ -167,6 +174,30 @@ def load_backbone_state_dict(model: nn.Module, weights: str, name: str = "resnet
     return list(result.missing_keys)
 
 
+class LastLevelConvs(ExtraFPNBlock):
+    """Extra pyramid levels from the FPN's coarsest output: ``len(names)`` stride-2 3x3 convs.
+
+    The first conv reads the coarsest FPN level, every further one a ReLU of the previous
+    output, initialised as :class:`LastLevelP6P7` (Kaiming-uniform, ``a=1``, zero bias).
+    """
+
+    def __init__(self, channels: int, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, 2, 1) for _ in self.names)
+        for conv in self.convs:
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.constant_(conv.bias, 0)
+
+    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        p = results[-1]
+        for i, conv in enumerate(self.convs):
+            p = conv(p if i == 0 else torch.relu(p))
+            results.append(p)
+        names.extend(self.names)
+        return results, names
+
+
 class Backbone(nn.Module):
     """torchvision ResNet/ResNeXt/Wide-ResNet body plus an optional FPN.
 
@@ -185,6 +216,8 @@ class Backbone(nn.Module):
             never update) with frozen affine parameters.
         norm: normalisation of the ResNet body: ``"bn"`` (BatchNorm2d), ``"frozen_bn"``
             (:class:`torchvision.ops.FrozenBatchNorm2d`) or ``"gn"`` (GroupNorm, <= 32 groups).
+        num_stages: ResNet stages built, ``4`` (C2-C5) or ``3`` (C2-C4, no ``layer4``; P5-P7
+            from stride-2 convs on P4, see the module docstring).
 
     Attributes:
         out_channels: channels of each output key.
@@ -200,6 +233,7 @@ class Backbone(nn.Module):
         freeze_stages: int = 0,
         freeze_bn: bool = False,
         norm: str = "bn",
+        num_stages: int = 4,
     ) -> None:
         super().__init__()
         if name not in BACKBONE_NAMES:
@@ -211,6 +245,14 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown backbone levels {unknown}; valid: {', '.join(LEVEL_STRIDES)}")
         if not -1 <= int(freeze_stages) <= 5:
             raise ValueError(f"freeze_stages must be in -1..5, got {freeze_stages}")
+        if int(num_stages) not in (3, 4):
+            raise ValueError(f"num_stages must be 3 or 4, got {num_stages}")
+        self.num_stages = int(num_stages)
+        deepest = f"c{self.num_stages + 1}"
+        too_deep = [lv for lv in levels if lv.startswith("c") and LEVEL_STRIDES[lv] > LEVEL_STRIDES[deepest]]
+        if too_deep:
+            raise ValueError(f"levels {too_deep} need ResNet stage 4 (layer4), but model.backbone.num_stages is "
+                             f"{self.num_stages}; read p5 or {deepest} instead")
         self.name = name
         self.freeze_stages = int(freeze_stages)
         self.freeze_bn = bool(freeze_bn)
@@ -219,23 +261,29 @@ class Backbone(nn.Module):
         if weights is not None and str(weights).lower() not in ("none", ""):
             load_backbone_state_dict(resnet, "imagenet" if str(weights).lower() == "imagenet" else str(weights), name)
 
-        requested = set(levels) | {"c5"}
+        requested = set(levels) | {deepest}
         p_levels = sorted((lv for lv in requested if lv.startswith("p")), key=LEVEL_STRIDES.__getitem__)
         fpn_inputs: list[str] = []
         if p_levels:
-            fpn_inputs = (["c2"] if "p2" in requested else []) + ["c3", "c4", "c5"]
+            fpn_inputs = (["c2"] if "p2" in requested else []) + ["c3", "c4", "c5"][: self.num_stages - 1]
         c_needed = sorted({lv for lv in requested if lv.startswith("c")} | set(fpn_inputs), key=LEVEL_STRIDES.__getitem__)
 
         stage_channels = {
             c: [m for m in getattr(resnet, stage)[-1].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-            for c, stage in _STAGE_OF_C.items() if c != "c1"
+            for c, stage in _STAGE_OF_C.items() if c != "c1" and LEVEL_STRIDES[c] <= LEVEL_STRIDES[deepest]
         }
         stage_channels["c1"] = resnet.conv1.out_channels
         self.body = IntermediateLayerGetter(resnet, return_layers={_STAGE_OF_C[c]: c for c in c_needed})
         self._fpn_inputs = tuple(fpn_inputs)
         self.fpn: FeaturePyramidNetwork | None = None
         if p_levels:
-            extra = LastLevelP6P7(fpn_channels, fpn_channels) if ("p6" in requested or "p7" in requested) else None
+            above = [f"p{k}" for k in range(self.num_stages + 2, int(p_levels[-1][1:]) + 1)]
+            if not above:
+                extra = None
+            elif self.num_stages == 4:
+                extra = LastLevelP6P7(fpn_channels, fpn_channels)
+            else:
+                extra = LastLevelConvs(fpn_channels, above)
             self.fpn = FeaturePyramidNetwork([stage_channels[c] for c in fpn_inputs], fpn_channels, extra_blocks=extra)
 
         self.levels: tuple[str, ...] = tuple(sorted(requested, key=lambda lv: (LEVEL_STRIDES[lv], lv[0] == "p")))
