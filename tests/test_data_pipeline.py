@@ -271,3 +271,61 @@ def test_eval_transform_keeps_the_original_mask_when_it_resizes():
     assert "mask_orig" in same and "mask_orig" not in kept
     _, tr = build_transforms(32, AugmentConfig(), train=True)(img, {"mask": mask}, 0)
     assert "mask_orig" not in tr
+
+
+def test_crop_size_and_labels_follow_what_stays_in_view(shapes_dir, tmp_path):
+    """Training crops: a shape cut out of view leaves the image labels; evaluation keeps them all."""
+    tf = build_transforms(64, AugmentConfig(scale=[1.0, 1.0], hflip=0, color_jitter=0, saturation=0, hue=0,
+                                            crop_size=32), train=True)
+    img = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[2:12, 2:12], mask[50:60, 50:60] = 1, 2
+    boxes = np.array([[2, 2, 12, 12], [50, 50, 60, 60]], np.float32)
+    seen = set()
+    for seed in range(40):
+        target = {"boxes": boxes, "box_labels": np.array([0, 1]), "labels": np.array([0, 1]),
+                  "label_boxes": boxes, "label_box_ids": np.array([0, 1])}
+        out, t = tf(img, target, seed)
+        assert out.shape == (3, 32, 32) and set(t) == {"boxes", "box_labels", "labels"}
+        assert t["labels"].dtype == torch.int64 and t["labels"].tolist() == sorted(set(t["box_labels"].tolist()))
+        seen.add(tuple(t["labels"].tolist()))
+        _, tm = tf(img, {"mask": mask, "labels": np.array([1, 2]), "label_mask": mask}, seed)
+        assert set(tm) == {"mask", "labels"}
+        assert tm["labels"].tolist() == sorted(set(tm["mask"].unique().tolist()) - {255})
+    assert {(), (0,), (1,)} <= seen  # both shapes are cut out by some crops, and none keeps both
+    # through the dataset: COCO labels follow the boxes that survive a training crop, not an eval resize
+    ds = [{"type": "coco", "ann_file": str(shapes_dir / "train/annotations.json"), "img_dir": str(shapes_dir / "train/images")}]
+    names = ["circle", "square", "triangle", "star"]
+    tree = {"tasks": {"cls": {"type": "classification", "classes": names, "multilabel": True},
+                      "det": {"type": "detection", "classes": names}},
+            "data": {"img_size": 64, "batch_size": 2, "workers": 0, "train": ds, "val": ds,
+                     "augment": {"crop_size": 32}}}
+    train, val = (build_dataset(config_from_dict(tree), s).parts[0] for s in ("train", "val"))
+    assert train.label_geom == "box_labels"
+    dropped = 0
+    for i in range(len(train)):
+        t = train.get(i, seed=i)["target"]
+        assert set(t["labels"].tolist()) == set(t["box_labels"].tolist())
+        full = set(train.load(i)[1]["labels"].tolist())
+        dropped += set(t["labels"].tolist()) < full
+        assert set(val.get(i)["target"]["labels"].tolist()) == full
+    assert dropped > 0
+    # labels derived from a mask follow it (cls classes in another order, no background)
+    for d in ("img", "ann"):
+        (tmp_path / d).mkdir()
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), img)
+        cv2.imwrite(str(tmp_path / "ann" / f"{i}.png"), mask)
+    masks = [{"type": "masks", "img_dir": str(tmp_path / "img"), "mask_dir": str(tmp_path / "ann"),
+              "classes": ["bg", "a", "b"]}]
+    tree = {"tasks": {"cls": {"type": "classification", "classes": ["b", "a"], "multilabel": True},
+                      "seg": {"type": "segmentation", "classes": ["bg", "a", "b"]}},
+            "data": {"img_size": 64, "batch_size": 2, "workers": 0, "train": masks, "augment": {"crop_size": 32}}}
+    part = build_dataset(config_from_dict(tree), "train").parts[0]
+    assert part.label_geom == "mask"
+    for i in range(6):
+        t = part.get(i, seed=i)["target"]
+        present = set(t["mask"].unique().tolist())
+        assert set(t["labels"].tolist()) == {k for k, v in ((0, 2), (1, 1)) if v in present}
+    with pytest.raises(ConfigError, match="data.augment.crop_size.*multiple of 32, got 40"):
+        config_from_dict({**tree, "data": {**tree["data"], "augment": {"crop_size": 40}}})

@@ -89,6 +89,9 @@ class DatasetConfig:
 class AugmentConfig:
     scale: list[float] = field(default_factory=lambda: [0.5, 1.5])  # random rescale range (train)
     crop: bool = True  # random crop back to img_size after rescale (train)
+    # train on random crop_size x crop_size windows of the rescaled image (0 = img_size): objects
+    # keep the scale they have at img_size while each step computes on fewer pixels
+    crop_size: int = 0
     hflip: float = 0.5
     color_jitter: float = 0.2  # brightness and contrast strength; 0 disables
     saturation: float = 0.1  # fraction of the saturation range; 0 (and hue 0) disables
@@ -450,6 +453,10 @@ def validate(cfg: Config, origin: dict, file: str) -> None:
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
     if cfg.data.img_size < 32 or cfg.data.img_size % 32:
         raise ConfigError(f"{_where('data.img_size', origin, file)}: key 'data.img_size' must be a positive multiple of 32, got {cfg.data.img_size}")
+    crop = cfg.data.augment.crop_size
+    if crop and (crop < 32 or crop % 32):
+        raise ConfigError(f"{_where('data.augment.crop_size', origin, file)}: key 'data.augment.crop_size' must be 0 "
+                          f"(= img_size) or a positive multiple of 32, got {crop}")
     if cfg.data.eval_img_size and (cfg.data.eval_img_size < 32 or cfg.data.eval_img_size % 32):
         raise ConfigError(f"{_where('data.eval_img_size', origin, file)}: key 'data.eval_img_size' must be 0 (= img_size) "
                           f"or a positive multiple of 32, got {cfg.data.eval_img_size}")

@@ -18,6 +18,10 @@ class BaseAdapter:
 
     classes: list[str] = []
     provides: tuple[str, ...] = ()
+    # the target key ``labels`` is derived from (``"box_labels"`` or ``"mask"``), so that a
+    # cropping augmentation can re-derive it from what is left in view; None when labels hold
+    # for the whole image whatever part of it is seen
+    labels_follow: str | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError

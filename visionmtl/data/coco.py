@@ -52,6 +52,8 @@ class CocoAdapter(BaseAdapter):
     ``boxes`` of shape ``[0, 4]``, empty ``labels`` and an all-background mask.
     """
 
+    labels_follow = "box_labels"
+
     def __init__(
         self,
         ann_file: str | os.PathLike,

@@ -82,8 +82,9 @@ class TaskDataset(Dataset):
         what = f"dataset '{self.name}'"
         native = list(adapter.classes)
         mask_native = list(getattr(adapter, "mask_classes", native))
-        self.box_lut = self.mask_lut = self.label_lut = None
+        self.box_lut = self.mask_lut = self.label_lut = self.geom_lut = None
         self.label_source: Optional[str] = None
+        self.label_geom: Optional[str] = None  # "box_labels" | "mask" when image labels follow them
         for tname, t in self.tasks.items():
             w = f"{what}, task '{tname}'"
             if t.type == "detection":
@@ -104,6 +105,16 @@ class TaskDataset(Dataset):
                         break
                 else:
                     raise ConfigError(f"{w}: the adapter provides no image labels, boxes or masks to derive them from")
+                # labels that follow boxes or the mask are re-derived after a cropping augmentation
+                geom = self.label_source if self.label_source != "labels" else getattr(adapter, "labels_follow", None)
+                if geom in ("box_labels", "mask") and geom in adapter.provides:
+                    self.label_geom = geom
+                    if geom == "box_labels":
+                        self.geom_lut = _lut(native, t.classes, class_map, w, ignore_missing=True)
+                    else:
+                        lut = _lut(mask_native, t.classes, class_map, w, ignore_missing=True)
+                        self.geom_lut = np.full(256, 255, np.uint8)
+                        self.geom_lut[: len(lut)] = np.where(lut >= 0, lut, 255).astype(np.uint8)
         self._bad_count = 0
 
     @staticmethod
@@ -115,9 +126,22 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return min(len(self.adapter), self.limit) if self.limit > 0 else len(self.adapter)
 
-    def map_target(self, raw: dict) -> dict:
-        """Native ids -> task ids, keeping only the keys of the labelled tasks."""
+    def map_target(self, raw: dict, geometric: bool = False) -> dict:
+        """Native ids -> task ids, keeping only the keys of the labelled tasks.
+
+        With ``geometric`` (a training transform follows), image labels that follow boxes or the
+        mask also get what the transform needs to re-derive them from the part left in view:
+        ``label_boxes`` [N,4] with ``label_box_ids`` [N] (cls ids, -1 unlisted), or
+        ``label_mask`` (cls id per pixel, 255 none). See data/transforms.py.
+        """
         out: dict = {}
+        if geometric and self.label_geom is not None and self.label_geom in raw:
+            if self.label_geom == "box_labels" and "boxes" in raw:
+                ids = np.asarray(raw["box_labels"], np.int64).reshape(-1)
+                out["label_boxes"] = np.asarray(raw["boxes"], np.float32).reshape(-1, 4)
+                out["label_box_ids"] = self.geom_lut[ids] if ids.size else np.zeros(0, np.int64)
+            elif self.label_geom == "mask":
+                out["label_mask"] = self.geom_lut[raw["mask"]]
         if self.box_lut is not None and "boxes" in raw:
             ids = self.box_lut[np.asarray(raw["box_labels"], np.int64)] if len(raw["box_labels"]) else np.zeros(0, np.int64)
             keep = ids >= 0
@@ -138,12 +162,12 @@ class TaskDataset(Dataset):
             out["attrs"] = attrs
         return out
 
-    def load(self, i: int) -> tuple[np.ndarray, dict]:
+    def load(self, i: int, geometric: bool = False) -> tuple[np.ndarray, dict]:
         """Untransformed image and mapped target (for browsing and evaluation)."""
         image, raw = self.adapter.load(i)
         if "mask" in raw and raw["mask"].shape[:2] != image.shape[:2]:
             raise DataError(self.adapter.path(i), f"mask size {raw['mask'].shape[:2]} differs from image size {image.shape[:2]}")
-        return image, self.map_target(raw)
+        return image, self.map_target(raw, geometric)
 
     def __getitem__(self, i: int) -> Optional[dict]:
         return self.get(i)
@@ -151,7 +175,7 @@ class TaskDataset(Dataset):
     def get(self, i: int, seed: Optional[int] = None) -> Optional[dict]:
         """Sample ``i``; ``seed`` fixes its augmentation (see data/sampler.py)."""
         try:
-            image, target = self.load(i)
+            image, target = self.load(i, geometric=bool(getattr(self.transform, "train", False)))
             orig_size = image.shape[:2]
             if self.transform is not None:
                 image, target = self.transform(image, target, seed)

@@ -38,6 +38,8 @@ class MaskFolderAdapter(BaseAdapter):
                           classes=["Sky", "Building", ..., "Bicyclist"], ignore_ids=[11])
     """
 
+    labels_follow = "mask"
+
     def __init__(
         self,
         img_dir: str | os.PathLike,

@@ -1,6 +1,7 @@
 """albumentations pipelines that keep boxes, box labels and masks in step with the image.
 
-Train: longest side to ``img_size``, random rescale, pad and random crop back to ``img_size``,
+Train: longest side to ``img_size``, random rescale, pad and random crop back to ``img_size``
+(or to ``augment.crop_size``),
 horizontal flip, brightness/contrast and hue/saturation jitter. Eval: longest side to
 ``img_size`` (collate pads to a multiple of 32, bottom/right, so predictions map back by one
 scale factor); when that resizes a mask, the original one is kept as ``mask_orig`` so
@@ -33,10 +34,11 @@ def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transfo
             ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0))
         if aug.crop:
             fill = tuple(int(round(255 * m)) for m in aug.mean)  # normalises to 0
+            size = aug.crop_size or img_size
             ops += [
-                A.PadIfNeeded(img_size, img_size, position="random", border_mode=cv2.BORDER_CONSTANT,
+                A.PadIfNeeded(size, size, position="random", border_mode=cv2.BORDER_CONSTANT,
                               fill=fill, fill_mask=255),
-                A.RandomCrop(img_size, img_size),
+                A.RandomCrop(size, size),
             ]
         if aug.hflip > 0:
             ops.append(A.HorizontalFlip(p=aug.hflip))
@@ -46,7 +48,7 @@ def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transfo
             ops.append(A.HueSaturationValue(hue_shift_limit=int(round(aug.hue * 180)),
                                             sat_shift_limit=int(round(aug.saturation * 255)), val_shift_limit=0,
                                             p=aug.hsv_p))
-    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)), keep_orig_mask=not train)
+    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)), keep_orig_mask=not train, train=train)
 
 
 class Transform:
@@ -56,27 +58,49 @@ class Transform:
     int64 [N] (albumentations hands labels back as floats), ``mask`` uint8 [H,W] (255 = ignore; heads cast on device), ``labels``
     int64 [K]; keys absent from the input stay absent. With ``keep_orig_mask``, a mask the
     pipeline resized is also returned untouched as ``mask_orig`` uint8 [h0, w0].
+
+    Image labels that follow the instances (``label_boxes`` with ``label_box_ids``, or
+    ``label_mask``; data/dataset.py adds them for training) are re-derived from what is left in
+    view: ``labels`` becomes the classes of the boxes that survive the crop, or of the pixels
+    that do, so a crop that cuts a shape out no longer claims it.
     """
 
-    def __init__(self, compose: A.Compose, keep_orig_mask: bool = False):
+    def __init__(self, compose: A.Compose, keep_orig_mask: bool = False, train: bool = False):
         self.compose = compose
         self.keep_orig_mask = keep_orig_mask
+        self.train = train
 
     def __call__(self, image: np.ndarray, target: dict, seed: Optional[int] = None) -> tuple[torch.Tensor, dict]:
         if seed is not None:
             self.compose.set_random_seed(seed)
         has_boxes = "boxes" in target
-        kw = {"image": image}
-        kw["bboxes"] = np.asarray(target["boxes"], np.float32).reshape(-1, 4) if has_boxes else np.zeros((0, 4), np.float32)
-        kw["box_labels"] = np.asarray(target.get("box_labels", np.zeros(0)), np.int64).reshape(-1)
+        # one box set through albumentations: the task's boxes, then the label-deriving ones;
+        # each box carries its row index, so survivors map back to their labels
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4) if has_boxes else np.zeros((0, 4), np.float32)
+        box_labels = np.asarray(target.get("box_labels", np.zeros(0)), np.int64).reshape(-1)
+        n = len(boxes)
+        if "label_boxes" in target:
+            boxes = np.concatenate([boxes, np.asarray(target["label_boxes"], np.float32).reshape(-1, 4)])
+        kw = {"image": image, "bboxes": boxes, "box_labels": np.arange(len(boxes), dtype=np.int64)}
         if "mask" in target:
             kw["mask"] = target["mask"]
+        if "label_mask" in target:
+            kw["masks"] = [target["label_mask"]]
         out = self.compose(**kw)
-        new = {k: v for k, v in target.items() if k not in ("boxes", "box_labels", "mask")}
+        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask")
+        new = {k: v for k, v in target.items() if k not in helpers}
         img = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        idx = np.asarray(out["box_labels"]).astype(np.int64).reshape(-1)
         if has_boxes:
-            new["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
-            new["box_labels"] = torch.as_tensor(np.asarray(out["box_labels"]).astype(np.int64).reshape(-1))
+            keep = idx < n
+            new["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)[keep])
+            new["box_labels"] = torch.as_tensor(box_labels[idx[keep]])
+        if "label_boxes" in target:
+            ids = np.asarray(target["label_box_ids"], np.int64).reshape(-1)[idx[idx >= n] - n]
+            new["labels"] = np.unique(ids[ids >= 0])
+        if "label_mask" in target:
+            vals = np.unique(np.asarray(out["masks"][0]))
+            new["labels"] = vals[vals != 255].astype(np.int64)
         if "mask" in target:
             new["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.uint8))
             if self.keep_orig_mask and new["mask"].shape != target["mask"].shape[:2]:
