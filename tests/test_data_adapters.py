@@ -186,6 +186,9 @@ def test_coco_crowd_is_ignore_and_boxes_are_clipped(tmp_path):
     assert np.all(m[0:10, 0:10] == 255)  # crowd (column-major RLE: 10 columns of 10 rows)
     assert m[20, 30] == 2 and m[25, 5] == 0
     assert np.all(m[5:15, 5:6] == 255)  # instance without segmentation: its box is ignore
+    # the crowd region's box and class, for evaluation (COCOeval's iscrowd)
+    np.testing.assert_allclose(tgt["crowd_boxes"], [[0, 0, 10, 10]])
+    assert tgt["crowd_labels"].tolist() == [0]
 
 
 def test_coco_background_none_leaves_unlabelled_pixels_ignore(tmp_path):

@@ -396,3 +396,39 @@ def test_sync_across_two_processes():
         assert out["det"]["per_class"] == det.compute()["per_class"]
         assert torch.equal(out["seg"], seg.confusion_matrix)
         assert out["cls"]["mAP"] == pytest.approx(cls.compute()["mAP"])
+
+
+def test_crowd_regions_reach_cocoeval_at_evaluation_only(tmp_path):
+    """COCO crowd boxes ride in eval targets (original pixels, not in training ones) and a
+    detection on a crowd region is ignored by COCOeval, not counted as a false positive."""
+    from tests.data_helpers import coco_dict, square, write_image, write_json
+    from visionmtl.config import config_from_dict
+    from visionmtl.data.loader import build_dataset
+    from visionmtl.engine.evaluate import detection_gt
+
+    write_image(tmp_path / "img" / "a.png", h=60, w=80)
+    anns = [{"image_id": 1, "category_id": 1, "bbox": [40, 10, 30, 30], "segmentation": [square(40, 10, 30)]},
+            {"image_id": 1, "category_id": 1, "bbox": [2, 20, 30, 30], "iscrowd": 1,
+             "segmentation": {"size": [60, 80], "counts": [60 * 2 + 20, 30] + [30, 30] * 29 + [60 * 80 - 60 * 31 - 50]}}]
+    write_json(tmp_path / "ann.json", coco_dict([(1, "a.png", 80, 60)], anns, [(1, "cat"), (2, "dog")]))
+    ds = [{"type": "coco", "ann_file": str(tmp_path / "ann.json"), "img_dir": str(tmp_path / "img")}]
+    tree = {"tasks": {"det": {"type": "detection", "classes": ["cat", "dog"]}},
+            "data": {"img_size": 32, "batch_size": 1, "workers": 0, "train": ds, "val": ds}}
+    cfg = config_from_dict(tree)
+    val = build_dataset(cfg, "val").parts[0].get(0)
+    assert "crowd_boxes" not in build_dataset(cfg, "train").parts[0].get(0, seed=0)["target"]
+    t, meta = val["target"], val["meta"]
+    assert meta["input_size"] == (24, 32) and t["crowd_labels"].tolist() == [0]
+    torch.testing.assert_close(t["crowd_boxes"], torch.tensor([[2.0, 20.0, 32.0, 50.0]]))  # original pixels
+    gt = detection_gt(t, meta)
+    torch.testing.assert_close(gt["boxes"], torch.tensor([[40.0, 10.0, 70.0, 40.0], [2.0, 20.0, 32.0, 50.0]]), atol=0.5, rtol=0)
+    assert gt["iscrowd"].tolist() == [0, 1] and gt["box_labels"].tolist() == [0, 0]
+    # a confident "cat" on the crowd region: ignored with the crowd box, a false positive without
+    pred = {"boxes": torch.tensor([[40.0, 10.0, 70.0, 40.0], [4.0, 22.0, 30.0, 48.0]]),
+            "scores": torch.tensor([0.6, 0.9]), "labels": torch.tensor([0, 0])}
+    aps = []
+    for g in (gt, {k: v[:1] for k, v in gt.items()}):
+        ev = CocoDetectionEvaluator(["cat", "dog"])
+        ev.update([pred], [g])
+        aps.append(ev.compute()["mAP50"])
+    assert aps[0] == pytest.approx(1.0) and aps[1] == pytest.approx(0.5, abs=0.01)

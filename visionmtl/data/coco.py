@@ -45,7 +45,10 @@ class CocoAdapter(BaseAdapter):
 
     In the mask, overlapping instances are painted largest first, so the smaller instance ends
     up on top. Crowd regions (``iscrowd=1``) are then set to 255, as are the boxes of
-    non-crowd annotations that carry no usable segmentation. Crowd annotations give no boxes.
+    non-crowd annotations that carry no usable segmentation. Crowd annotations give no boxes;
+    with ``boxes``, an image that has crowd regions also gets ``crowd_boxes`` [K,4] xyxy and
+    ``crowd_labels`` [K], which evaluation hands to COCOeval as ``iscrowd`` ground truth (a
+    detection on a crowd region is then neither a hit nor a false positive) and training ignores.
 
     ``labels`` is the sorted set of categories of the image's non-crowd annotations (boxes
     dropped as degenerate still count). Images without annotations are valid negatives:
@@ -242,6 +245,8 @@ class CocoAdapter(BaseAdapter):
         target: dict = {}
         if "boxes" in self.provides:
             target["boxes"] = self._boxes[i].copy()
+            if self._crowds[i]:  # for evaluation: COCOeval ignores detections on crowd regions
+                target["crowd_boxes"], target["crowd_labels"] = self._crowd_boxes(i, h, w)
         if "box_labels" in self.provides:
             target["box_labels"] = self._box_labels[i].copy()
         if "mask" in self.provides:
@@ -249,6 +254,17 @@ class CocoAdapter(BaseAdapter):
         if "labels" in self.provides:
             target["labels"] = self._labels[i].copy()
         return img, target
+
+    def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        boxes, labels = [], []
+        for aid in self._crowds[i]:
+            a = self.coco.anns[aid]
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
+            if x2 > x1 and y2 > y1:
+                boxes.append((x1, y1, x2, y2))
+                labels.append(self.cat_to_native[a["category_id"]])
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
 
     # ------------------------------------------------------------------ masks
     def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:

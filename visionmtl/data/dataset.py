@@ -147,6 +147,10 @@ class TaskDataset(Dataset):
             keep = ids >= 0
             out["boxes"] = np.asarray(raw["boxes"], np.float32).reshape(-1, 4)[keep]
             out["box_labels"] = ids[keep]
+            if not geometric and "crowd_boxes" in raw:  # evaluation only, in original pixels
+                ids = self.box_lut[np.asarray(raw["crowd_labels"], np.int64)]
+                out["crowd_boxes"] = torch.as_tensor(np.asarray(raw["crowd_boxes"], np.float32).reshape(-1, 4)[ids >= 0])
+                out["crowd_labels"] = torch.as_tensor(ids[ids >= 0])
         if self.mask_lut is not None and "mask" in raw:
             out["mask"] = self.mask_lut[raw["mask"]]
         if self.label_lut is not None and self.label_source in raw:

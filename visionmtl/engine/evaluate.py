@@ -83,9 +83,7 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
                 metas = [batch.meta[i] for i in idx]
                 pd = [{"boxes": x["boxes"].float().cpu(), "scores": x["scores"].float().cpu(),
                        "labels": x["labels"].cpu()} for x in p]
-                gt = [{"boxes": rescale_boxes(tgt["boxes"].float(), m["input_size"], m["orig_size"]), "box_labels": tgt["box_labels"]}
-                      for tgt, m in zip(tg, metas)]
-                evaluators[name].update(pd, gt)
+                evaluators[name].update(pd, [detection_gt(tgt, m) for tgt, m in zip(tg, metas)])
             else:
                 pm, gm = [], []
                 for x, tgt, i in zip(p, tg, idx):
@@ -102,6 +100,18 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
         results["n_bad"] = n_bad
     net.train(was_training)
     return results
+
+
+def detection_gt(target: dict, meta: dict) -> dict:
+    """A target's boxes in original pixels for the COCO evaluator, crowd regions as ``iscrowd``."""
+    boxes = rescale_boxes(target["boxes"].float().cpu(), meta["input_size"], meta["orig_size"])
+    labels = target["box_labels"].cpu()
+    crowd = torch.zeros(len(boxes), dtype=torch.int64)
+    if "crowd_boxes" in target:  # already in original pixels (data/dataset.py)
+        boxes = torch.cat([boxes, target["crowd_boxes"].float().cpu()])
+        labels = torch.cat([labels, target["crowd_labels"].cpu()])
+        crowd = torch.cat([crowd, torch.ones(len(target["crowd_boxes"]), dtype=torch.int64)])
+    return {"boxes": boxes, "box_labels": labels, "iscrowd": crowd}
 
 
 def summary_score(results: dict, tasks: dict, key: str = "auto") -> float:
