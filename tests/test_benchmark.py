@@ -241,3 +241,22 @@ def test_benchmark_cuda_tiny(shapes_dir, tmp_path):
     assert _positive(r["train"]["achieved_tflops"])
     md = format_markdown(result)
     assert "MFU" in md
+
+
+def test_subset_config_drops_datasets_left_without_a_task():
+    """A dataset that labelled only dropped tasks goes; an empty task list would mean 'all'."""
+    from visionmtl.benchmark.speed import subset_config
+    from visionmtl.config import config_from_dict
+
+    classes = ["a", "b"]
+    tree = {"tasks": {"cls": {"type": "classification", "classes": classes, "multilabel": True},
+                      "seg": {"type": "segmentation", "classes": classes}},
+            "data": {"train": [{"type": "masks", "name": "segonly", "tasks": ["seg"], "img_dir": "i", "mask_dir": "m",
+                                "classes": classes},
+                               {"type": "folder", "name": "both", "tasks": ["cls", "seg"], "root": "r"},
+                               {"type": "folder", "name": "any", "root": "r"}]}}
+    cfg = config_from_dict(tree)
+    sub = subset_config(cfg, ["cls"])
+    assert [(d.name, d.tasks) for d in sub.data.train] == [("both", ["cls"]), ("any", [])]
+    assert list(sub.tasks) == ["cls"] and len(cfg.data.train) == 3  # the original is untouched
+    assert [d.name for d in subset_config(cfg, ["seg"]).data.train] == ["segonly", "both", "any"]

@@ -189,16 +189,22 @@ def parse_combos(spec: Any, tasks: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def subset_config(cfg: Config, tasks: Sequence[str]) -> Config:
-    """A deep copy of ``cfg`` keeping only ``tasks`` (and dataset task lists restricted to them)."""
+    """A deep copy of ``cfg`` keeping only ``tasks``; dataset task lists are restricted to them and
+    a dataset left with none is dropped."""
     missing = [t for t in tasks if t not in cfg.tasks]
     if missing:
         raise ConfigError(f"unknown task(s) {missing}; configured tasks: {', '.join(cfg.tasks)}")
     sub = copy.deepcopy(cfg)
     sub.tasks = {n: t for n, t in sub.tasks.items() if n in tasks}
-    for split in (sub.data.train, sub.data.val):
-        for d in split:
+    for split in ("train", "val"):
+        kept = []
+        for d in getattr(sub.data, split):
             if d.tasks:
                 d.tasks = [t for t in d.tasks if t in tasks]
+                if not d.tasks:  # an empty list would mean "every task it can": drop the dataset
+                    continue
+            kept.append(d)
+        setattr(sub.data, split, kept)
     return sub
 
 
