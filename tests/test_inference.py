@@ -162,6 +162,29 @@ def test_preprocessing_matches_the_eval_pipeline(predictor):
     assert (ours - ref.images).abs().max().item() < 1e-4
 
 
+def test_predictor_flip_tta_matches_evaluation_merge(predictor, video):
+    """Predictor(flip=True) returns models/tta.py's merge, thresholded, also through the video threads."""
+    from visionmtl.models.tta import predict_flip
+
+    flip = Predictor(predictor.model, predictor.cfg, conf=0.02, flip=True)
+    assert flip.flip and not predictor.flip and "flip" in repr(flip)  # default: the config's eval_flip
+    imgs = [np.random.default_rng(k).integers(0, 255, (70, 110, 3), dtype=np.uint8) for k in range(2)]
+    got = flip(imgs)
+    pb = flip.prepare(imgs)
+    with torch.inference_mode():
+        ref = predict_flip(flip.model, flip.normalize(pb.images), pb.input_sizes, orig_sizes=pb.orig_sizes)
+    plain = Predictor(predictor.model, predictor.cfg, conf=0.02)(imgs)
+    for g, r, p in zip(got, ref, plain):
+        keep = (r["det"]["scores"] >= 0.02).numpy()
+        assert keep.sum() > 0
+        np.testing.assert_allclose(g["det"]["boxes"], r["det"]["boxes"].numpy()[keep], atol=1e-4)
+        np.testing.assert_array_equal(g["seg"]["mask"], r["seg"]["mask"].numpy())
+        np.testing.assert_allclose(g["cls"]["probs"], r["cls"]["probs"].numpy(), atol=1e-6)
+        assert not np.allclose(g["cls"]["probs"], p["cls"]["probs"])  # the mirror pass counted
+    frames = list(flip.stream(str(video), batch=3, max_frames=5))
+    assert [i for i, _, _ in frames] == list(range(5)) and frames[0][2]["seg"]["mask"].shape == (64, 96)
+
+
 def test_task_selection(ckpt):
     p = Predictor.from_checkpoint(ckpt, device="cpu", tasks="det,seg")
     r = p(np.zeros((64, 64, 3), np.uint8))

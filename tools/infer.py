@@ -2,7 +2,7 @@
 """Run a trained checkpoint on images, folders, globs, videos, webcams or streams.
 
     python tools/infer.py CHECKPOINT --source SRC [--out DIR] [--tasks cls,det,seg] [--conf 0.3]
-        [--imgsz N] [--batch N] [--device auto|cpu|cuda] [--half] [--save-json] [--no-draw]
+        [--imgsz N] [--batch N] [--device auto|cpu|cuda] [--half] [--flip] [--save-json] [--no-draw]
         [--show] [--track] [--track-buffer 30] [--max-frames N]
 
 SRC: an image, a folder of images, a quoted glob ("imgs/**/*.jpg"), a video file (mp4, avi,
@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--half", action="store_true", help="fp16 autocast on CUDA, bf16 on CPU")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="horizontal-flip test-time augmentation, twice the model time (default: the config's data.eval_flip)")
     p.add_argument("--save-json", action="store_true", help="write predictions.jsonl (+ COCO results for image sets)")
     p.add_argument("--mask-format", default="rle", choices=["rle", "png"], help="segmentation masks in the JSONL")
     p.add_argument("--no-draw", action="store_true", help="skip drawing and encoding entirely")
@@ -81,7 +83,7 @@ def _run(args, source) -> dict:
     from visionmtl.inference.video import format_summary, run_video
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
-                                          imgsz=args.imgsz, half=args.half)
+                                          imgsz=args.imgsz, half=args.half, flip=args.flip)
     if predictor.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     info = source.info

@@ -30,6 +30,7 @@ import torch
 from ..config import Config, ConfigError
 from ..data.base import read_image
 from ..engine.trainer import load_trained, pick_amp, pick_device
+from ..models.tta import merge_flip
 
 __all__ = ["PreparedBatch", "Predictor", "parse_tasks", "to_rgb_uint8"]
 
@@ -91,6 +92,15 @@ def to_rgb_uint8(img: np.ndarray, what: str = "image") -> np.ndarray:
     raise ValueError(f"{what}: expected an HxWx3 RGB array, got shape {img.shape}")
 
 
+class FlipRaw(dict):
+    """Raw head outputs ``{task: raw}`` of a batch, with those of its mirror (flip TTA)."""
+
+    def __init__(self, raw: dict, mirror: dict, width: int) -> None:
+        super().__init__(raw)
+        self.mirror = mirror
+        self.width = int(width)
+
+
 class Predictor:
     """Run a trained multi-task model on RGB images.
 
@@ -105,11 +115,14 @@ class Predictor:
             ``auto`` rule (bf16 on CUDA, and on CPUs with AMX / AVX512-BF16; fp32 elsewhere).
         channels_last: run the model in channels-last memory format.
         batch_size: images per forward pass when called with a list.
+        flip: horizontal-flip test-time augmentation (the model runs on each batch and its
+            mirror; models/tta.py merges them); default the config's ``data.eval_flip``.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: Union[str, torch.device] = "cpu",
                  tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3, imgsz: Optional[int] = None,
-                 half: bool = False, channels_last: bool = True, batch_size: int = 8) -> None:
+                 half: bool = False, channels_last: bool = True, batch_size: int = 8,
+                 flip: Optional[bool] = None) -> None:
         self.device = torch.device(device)
         self.cfg = cfg
         self.task_names = parse_tasks(tasks, cfg)
@@ -121,6 +134,7 @@ class Predictor:
         if self.imgsz < 32:
             raise ConfigError(f"--imgsz must be at least 32, got {self.imgsz}")
         self.batch_size = max(1, int(batch_size))
+        self.flip = bool(cfg.data.eval_flip if flip is None else flip)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         if half:
@@ -154,7 +168,7 @@ class Predictor:
     def __repr__(self) -> str:
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
         return (f"Predictor(tasks={self.task_names}, device={self.device}, imgsz={self.imgsz}, conf={self.conf}, "
-                f"precision={amp})")
+                f"precision={amp}{', flip' if self.flip else ''})")
 
     def autocast(self):
         """Autocast context for the forward pass (a no-op in fp32)."""
@@ -204,10 +218,17 @@ class Predictor:
 
     @torch.inference_mode()
     def run_model(self, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """Backbone + the selected heads on a normalised device tensor ``[B,3,H,W]``."""
+        """Backbone + the selected heads on a normalised device tensor ``[B,3,H,W]``.
+
+        With ``flip`` the result also carries the mirrored batch's outputs (``FlipRaw.mirror``).
+        """
         with self.autocast():
             feats = self.model.backbone(x)
-            return {t: self.model.heads[t](feats) for t in self.task_names}
+            raw = {t: self.model.heads[t](feats) for t in self.task_names}
+            if not self.flip:
+                return raw
+            feats = self.model.backbone(x.flip(-1))
+            return FlipRaw(raw, mirror={t: self.model.heads[t](feats) for t in self.task_names}, width=x.shape[-1])
 
     @torch.inference_mode()
     def postprocess(self, raw: dict, batch: PreparedBatch, min_score: Optional[float] = None) -> list[dict]:
@@ -218,10 +239,16 @@ class Predictor:
         """
         thr = self.conf if min_score is None else float(min_score)
         results: list[dict] = [{} for _ in range(len(batch))]
+        merged = None
+        if isinstance(raw, FlipRaw):  # detection candidates below thr never reach NMS
+            merged = merge_flip(self.model.heads, raw, raw.mirror, raw.width, batch.input_sizes, batch.orig_sizes,
+                                min_score=thr)
         for name in self.task_names:
             ttype = self.tasks[name].type
             head = self.model.heads[name]
-            if ttype == "detection":  # candidates below thr never reach NMS
+            if merged is not None:
+                preds = [m[name] for m in merged]
+            elif ttype == "detection":  # candidates below thr never reach NMS
                 preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes, min_score=thr)
             else:
                 preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes)

@@ -27,7 +27,7 @@ from .heads.common import hw_list, rescale_boxes
 from .heads.detection import DetectionHead
 from .heads.segmentation import SegmentationHead
 
-__all__ = ["predict_flip"]
+__all__ = ["merge_flip", "predict_flip"]
 
 
 def _merge_detections(a: Mapping[str, Tensor], b: Mapping[str, Tensor], width: int, size: tuple[int, int],
@@ -62,32 +62,41 @@ def predict_flip(net: torch.nn.Module, images: Tensor, image_sizes: Sequence | T
     """
     forward = forward or net
     raw, raw_m = forward(images), forward(images.flip(-1))
-    b, width = images.shape[0], images.shape[-1]
+    return merge_flip(net.heads, raw, raw_m, images.shape[-1], image_sizes, orig_sizes)
+
+
+def merge_flip(heads: Mapping[str, torch.nn.Module], raw: Mapping, raw_m: Mapping, width: int,
+               image_sizes: Sequence | Tensor, orig_sizes: Sequence | Tensor | None = None,
+               min_score: float | None = None) -> list[dict[str, dict[str, Tensor]]]:
+    """Merge the raw outputs of a batch (``raw``) and of its mirror (``raw_m``) per image.
+
+    ``width`` is the padded canvas width; the tasks are those present in ``raw``. ``min_score``
+    is passed to the detection heads (see ``DetectionHead.predict``).
+    """
+    b = len(image_sizes)
     sizes = hw_list(image_sizes, b)
     origs = hw_list(orig_sizes, b)
-    merged: dict[str, dict[str, Tensor]] = {}
-    det_tasks = []
-    for task, head in net.heads.items():
+    results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(b)]
+    for task, head in heads.items():
         if task not in raw:
             continue
         if isinstance(head, DetectionHead):
-            det_tasks.append(task)
-        elif isinstance(head, SegmentationHead):
+            plain = head.predict(raw[task], sizes, min_score=min_score)
+            # the mirrored image sits at the right of the canvas: decode over the full width
+            mirrored = head.predict(raw_m[task], [(h, width) for h, _ in sizes], min_score=min_score)
+            for i in range(b):
+                det = _merge_detections(plain[i], mirrored[i], width, sizes[i], head)
+                if origs is not None and origs[i] != sizes[i]:
+                    det["boxes"] = clip_boxes_to_image(rescale_boxes(det["boxes"], sizes[i], origs[i]), origs[i])
+                results[i][task] = det
+            continue
+        if isinstance(head, SegmentationHead):
             p = raw[task]["logits"].float().softmax(1) + raw_m[task]["logits"].float().flip(-1).softmax(1)
-            merged[task] = {"logits": (p / 2).clamp_min(1e-12).log()}
+            merged = {"logits": (p / 2).clamp_min(1e-12).log()}
         elif isinstance(head, ClassificationHead):
-            merged[task] = {"logits": (raw[task]["logits"].float() + raw_m[task]["logits"].float()) / 2}
+            merged = {"logits": (raw[task]["logits"].float() + raw_m[task]["logits"].float()) / 2}
         else:
             raise TypeError(f"task '{task}': flip test-time augmentation does not know {type(head).__name__}")
-    results = net.predict(merged, sizes, origs)
-    for task in det_tasks:
-        head = net.heads[task]
-        plain = head.predict(raw[task], sizes)
-        # the mirrored image sits at the right of the canvas: decode over the full width
-        mirrored = head.predict(raw_m[task], [(h, width) for h, _ in sizes])
-        for i in range(b):
-            det = _merge_detections(plain[i], mirrored[i], width, sizes[i], head)
-            if origs is not None and origs[i] != sizes[i]:
-                det["boxes"] = clip_boxes_to_image(rescale_boxes(det["boxes"], sizes[i], origs[i]), origs[i])
-            results[i][task] = det
+        for i, r in enumerate(head.predict(merged, sizes, origs)):
+            results[i][task] = r
     return results
