@@ -515,3 +515,24 @@ def test_half_precision_and_unavailable_device(ckpt):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             Predictor.from_checkpoint(ckpt, device="cuda")
+
+
+def test_draw_mask_blends_visible_classes_only():
+    """Visible classes are blended with their colour; background, ignore and the rest stay untouched."""
+    from visionmtl.inference.draw import draw_mask, palette
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (57, 83, 3), dtype=np.uint8)
+    mask = np.zeros((57, 83), np.uint8)
+    mask[5:9, 3:6], mask[30:40, 60:80], mask[50, 80], mask[45:50, 10:20] = 1, 2, 3, 255
+    out = draw_mask(img, mask, ["bg", "a", "b", "c"], alpha=0.5, legend=False)
+    colors = palette(4, seed=11)
+    vis = (mask > 0) & (mask < 255)
+    assert np.array_equal(out[~vis], img[~vis]) and not np.array_equal(out[vis], img[vis])
+    for c in (1, 2, 3):
+        sel = mask == c
+        expected = (img[sel].astype(np.float64) * 0.5 + colors[c].astype(np.float64) * 0.5)
+        assert np.abs(out[sel] - expected).max() <= 1
+    assert np.array_equal(draw_mask(img, np.zeros_like(mask), ["bg", "a"], legend=False), img)
+    # the legend names the classes present
+    assert not np.array_equal(draw_mask(img, mask, ["bg", "a", "b", "c"], alpha=0.5)[~vis], img[~vis])
