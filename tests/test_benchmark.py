@@ -140,6 +140,8 @@ def test_parse_combos():
         parse_combos("cls,+", tasks)
     assert parse_checkpoints("cls=a.pt, mtl=b.pt,det+seg=c.pt", tasks) == {
         ("cls",): "a.pt", ("cls", "det", "seg"): "b.pt", ("det", "seg"): "c.pt"}
+    with pytest.raises(ConfigError, match=r"two checkpoints for cls\+det\+seg \(b.pt and d.pt\)"):
+        parse_checkpoints("mtl=b.pt,seg+cls+det=d.pt", tasks)
 
 
 def test_flop_check_detects_unaccounted_work(shapes_dir, tmp_path):
