@@ -26,7 +26,7 @@ from ..config import Config, ConfigError, TaskConfig
 from ..engine.evaluate import evaluate, main_metric
 from ..engine.trainer import Trainer, load_trained, pick_amp, pick_device
 from ..metrics.mtl import delta_m, delta_m_per_task
-from .speed import combo_name, parse_combos, subset_config
+from .combos import combo_name, parse_combos, subset_config
 
 log = logging.getLogger("visionmtl")
 

@@ -34,38 +34,33 @@ by a background thread (and raised to ``ru_maxrss`` if that high-water mark move
 freed heap memory is returned to the OS with glibc's ``malloc_trim`` before each measurement so the
 baseline is not inflated by earlier steps. CPU figures are therefore an RSS estimate, accurate to a
 few MiB, not an allocator-exact count.
+
+Head combinations and the synthetic batch live in ``combos.py``; FLOP counting, memory sampling
+and the environment record in ``measure.py``; this module runs and times them.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
-import itertools
 import logging
 import math
-import os
-import platform
-import resource
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, ConfigError
-from ..data.collate import Batch
 from ..engine.optim import build_optimizer
-from ..engine.trainer import cpu_bf16_fast, pick_amp, pick_device
-from ..models.build import build_model
+from ..engine.trainer import pick_amp, pick_device
 from ..models.multitask import MultiTaskModel
+from .combos import build_combo_model, combo_name, parse_combos, subset_config, synthetic_batch
+from .measure import (BF16_PEAK_TFLOPS, PeakMemory, count_flops, cpu_model_name, environment, gpu_bf16_peak_tflops,
+                      model_bytes, optimizer_bytes)
 
 log = logging.getLogger("visionmtl")
 
@@ -83,17 +78,6 @@ __all__ = [
     "subset_config",
     "synthetic_batch",
 ]
-
-#: Dense (non-sparse) bf16 tensor-core peaks in TFLOP/s, matched against the CUDA device name.
-#: Order matters: the first pattern whose words all occur in the name wins.
-BF16_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], Optional[float]], ...] = (
-    (("H100", "PCIE"), 756.0),
-    (("H100", "NVL"), None),  # different clocks and power limit; not in the table
-    (("H100",), 989.0),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
-    (("H200",), 989.0),
-    (("A100",), 312.0),
-)
-
 
 @dataclass
 class BenchmarkOptions:
@@ -138,326 +122,6 @@ class BenchmarkOptions:
         if not isinstance(d["combos"], str):
             d["combos"] = [c if isinstance(c, str) else "+".join(c) for c in d["combos"]]
         return d
-
-
-# --------------------------------------------------------------------------------------------
-# Combinations and configs
-# --------------------------------------------------------------------------------------------
-def combo_name(combo: Sequence[str]) -> str:
-    """``("cls", "det")`` -> ``"cls+det"``."""
-    return "+".join(combo)
-
-
-def all_combos(tasks: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``tasks``, by size then in task order (7 for 3 tasks)."""
-    tasks = list(tasks)
-    return [c for k in range(1, len(tasks) + 1) for c in itertools.combinations(tasks, k)]
-
-
-def parse_combos(spec: Any, tasks: Sequence[str]) -> list[tuple[str, ...]]:
-    """Resolve a combination spec against the configured task names.
-
-    Args:
-        spec: ``"all"``, ``"cls,det+seg"``, or a sequence of ``"a+b"`` strings / task tuples.
-        tasks: task names in config order.
-
-    Returns:
-        Combinations as tuples in config order, without duplicates, in the order given.
-
-    Raises:
-        ConfigError: an unknown task name, an empty combination, or nothing selected.
-    """
-    tasks = list(tasks)
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return all_combos(tasks)
-    items = [s for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    out: list[tuple[str, ...]] = []
-    for item in items:
-        names = [n.strip() for n in item.split("+")] if isinstance(item, str) else [str(n).strip() for n in item]
-        names = [n for n in names if n]
-        if not names:
-            raise ConfigError(f"--combos: empty combination in {spec!r}")
-        unknown = [n for n in names if n not in tasks]
-        if unknown:
-            raise ConfigError(f"--combos: unknown task(s) {unknown}; configured tasks: {', '.join(tasks)}")
-        combo = tuple(t for t in tasks if t in names)
-        if combo not in out:
-            out.append(combo)
-    if not out:
-        raise ConfigError(f"--combos: nothing selected by {spec!r}")
-    return out
-
-
-def subset_config(cfg: Config, tasks: Sequence[str]) -> Config:
-    """A deep copy of ``cfg`` keeping only ``tasks``; dataset task lists are restricted to them and
-    a dataset left with none is dropped."""
-    missing = [t for t in tasks if t not in cfg.tasks]
-    if missing:
-        raise ConfigError(f"unknown task(s) {missing}; configured tasks: {', '.join(cfg.tasks)}")
-    sub = copy.deepcopy(cfg)
-    sub.tasks = {n: t for n, t in sub.tasks.items() if n in tasks}
-    for split in ("train", "val"):
-        kept = []
-        for d in getattr(sub.data, split):
-            if d.tasks:
-                d.tasks = [t for t in d.tasks if t in tasks]
-                if not d.tasks:  # an empty list would mean "every task it can": drop the dataset
-                    continue
-            kept.append(d)
-        setattr(sub.data, split, kept)
-    return sub
-
-
-def build_combo_model(cfg: Config, combo: Sequence[str], seed: int = 0) -> MultiTaskModel:
-    """The config's model with only the heads of ``combo`` (weights seeded, backbone weights as configured)."""
-    torch.manual_seed(seed)
-    return build_model(subset_config(cfg, combo))
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic input
-# --------------------------------------------------------------------------------------------
-def synthetic_batch(cfg: Config, batch: int, imgsz: int, seed: int = 0, max_boxes: int = 4) -> Batch:
-    """A seeded batch with labels for every task of ``cfg`` (``has`` all true).
-
-    Images are standard-normal ``[B, 3, imgsz, imgsz]`` (roughly what normalisation produces);
-    classification gets 1-2 random labels (exactly one for multi-class, or ``attrs[attr]``),
-    detection 1-``max_boxes`` random boxes at least 8 px wide, segmentation a blocky random mask.
-    """
-    if imgsz < 32 or imgsz % 32:
-        raise ConfigError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, imgsz, imgsz, generator=g)
-    targets: list[dict] = [{} for _ in range(batch)]
-    for name, t in cfg.tasks.items():
-        n_cls = len(t.classes)
-        for tgt in targets:
-            if t.type == "classification":
-                if t.attr:
-                    tgt.setdefault("attrs", {})[t.attr] = int(torch.randint(n_cls, (1,), generator=g))
-                else:
-                    k = 1 if not t.multilabel else int(torch.randint(1, min(2, n_cls) + 1, (1,), generator=g))
-                    tgt["labels"] = torch.randperm(n_cls, generator=g)[:k].to(torch.int64)
-            elif t.type == "detection":
-                n = int(torch.randint(1, max_boxes + 1, (1,), generator=g))
-                xy = torch.rand(n, 2, generator=g) * (imgsz - 8)
-                wh = 8 + torch.rand(n, 2, generator=g) * (imgsz / 2)
-                x2y2 = torch.minimum(xy + wh, torch.full_like(xy, float(imgsz)))
-                tgt["boxes"] = torch.cat([xy, x2y2], dim=1).to(torch.float32)
-                tgt["box_labels"] = torch.randint(n_cls, (n,), generator=g, dtype=torch.int64)
-            else:
-                cells = max(imgsz // 16, 1)
-                low = torch.randint(n_cls, (1, 1, cells, cells), generator=g).float()
-                tgt["mask"] = nn.functional.interpolate(low, size=(imgsz, imgsz), mode="nearest")[0, 0].to(torch.int64)
-    has = {name: torch.ones(batch, dtype=torch.bool) for name in cfg.tasks}
-    meta = [{"path": "<synthetic>", "image_id": i, "dataset": "synthetic", "orig_size": (imgsz, imgsz),
-             "input_size": (imgsz, imgsz)} for i in range(batch)]
-    return Batch(images, targets, has, meta)
-
-
-# --------------------------------------------------------------------------------------------
-# FLOPs
-# --------------------------------------------------------------------------------------------
-def _flops_of(fn: Callable[[], Any]) -> tuple[int, Any, dict[str, int]]:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = fn()
-    per_module = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
-    return int(counter.get_total_flops()), out, per_module
-
-
-@torch.inference_mode()
-def count_flops(model: MultiTaskModel, image: Tensor) -> dict:
-    """FLOPs of one forward pass of ``model`` on ``image`` (``[1, 3, H, W]``), with a breakdown.
-
-    Returns:
-        ``total`` (whole model), ``backbone`` and ``heads`` (``{task: flops}``) from the
-        per-module breakdown of that same pass, ``sum_separate`` (the backbone counted on its
-        own plus every head counted on its own, on the backbone's features) and ``rel_err`` =
-        ``|total - sum_separate| / total``. All values are FLOPs (multiply-add = 2) per image.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        image = image[:1]
-        total, _, per_module = _flops_of(lambda: model(image))
-        root = type(model).__name__
-        backbone = per_module.get(f"{root}.backbone", 0)
-        heads = {t: per_module.get(f"{root}.heads.{t}", 0) for t in model.tasks}
-        bb_alone, feats, _ = _flops_of(lambda: model.backbone(image))
-        heads_alone = {}
-        for t, head in model.heads.items():
-            heads_alone[t], _, _ = _flops_of(lambda head=head: head(feats))
-        sum_sep = bb_alone + sum(heads_alone.values())
-    finally:
-        model.train(was_training)
-    return {
-        "total": total,
-        "backbone": backbone,
-        "heads": heads,
-        "backbone_alone": bb_alone,
-        "heads_alone": heads_alone,
-        "sum_separate": sum_sep,
-        "rel_err": abs(total - sum_sep) / total if total else 0.0,
-    }
-
-
-def gpu_bf16_peak_tflops(name: str) -> Optional[float]:
-    """Dense bf16 peak of a CUDA device by name (:data:`BF16_PEAK_TFLOPS`), or None if unknown."""
-    upper = name.upper()
-    for words, peak in BF16_PEAK_TFLOPS:
-        if all(w in upper for w in words):
-            return peak
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Memory
-# --------------------------------------------------------------------------------------------
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class _RssSampler(threading.Thread):
-    """Reads the resident set size from ``/proc/self/statm`` every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 5e-4) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.peak = 0
-        self._halt = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-
-    def rss(self) -> int:
-        return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(self.interval)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join()
-        self.peak = max(self.peak, self.rss())
-        os.close(self._fd)
-        return self.peak
-
-
-class PeakMemory(AbstractContextManager):
-    """Peak memory growth (bytes) of the code inside the ``with`` block, in :attr:`peak`.
-
-    CUDA: ``max_memory_allocated`` minus ``memory_allocated`` at entry. CPU: the growth of the
-    process's RSS, sampled by a thread every 0.5 ms from ``/proc/self/statm`` and raised to the
-    ``ru_maxrss`` high-water mark when that moved inside the block; freed heap memory is handed
-    back to the OS (``malloc_trim``) at entry so the baseline is tight.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-        self._base = 0
-        self._sampler: Optional[_RssSampler] = None
-        self._ru0 = 0
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect(1)  # young generations: cheap; tensors are freed by reference counting
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            _malloc_trim()
-            self._sampler = _RssSampler()
-            self._base = self._sampler.rss()
-            self._ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self._sampler.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            assert self._sampler is not None
-            peak = self._sampler.stop()
-            ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            if ru1 > self._ru0:  # a new process-lifetime high inside the block (KiB on Linux)
-                peak = max(peak, ru1 * 1024)
-        self.peak = max(int(peak) - int(self._base), 0)
-
-
-def tensor_bytes(tensors: Iterable[Tensor]) -> int:
-    """Total storage bytes of ``tensors`` (each counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in tensors:
-        if not isinstance(t, Tensor) or id(t) in seen:
-            continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
-    return total
-
-
-def model_bytes(model: nn.Module) -> int:
-    """Bytes of a model's parameters and buffers."""
-    return tensor_bytes(itertools.chain(model.parameters(), model.buffers()))
-
-
-def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of the optimiser's state tensors (momentum, Adam moments)."""
-    return tensor_bytes(v for state in opt.state.values() for v in state.values() if isinstance(v, Tensor))
-
-
-# --------------------------------------------------------------------------------------------
-# Environment
-# --------------------------------------------------------------------------------------------
-def cpu_model_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _dtype_name(dtype: Optional[torch.dtype]) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-
-
-def environment(device: torch.device, amp_dtype: Optional[torch.dtype], imgsz: int, batch: int,
-                channels_last: bool) -> dict:
-    """The header of every report: software, hardware and the measured setting."""
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
-        "cpu": cpu_model_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "dtype": _dtype_name(amp_dtype),
-        "imgsz": imgsz,
-        "batch": batch,
-        "channels_last": channels_last,
-        "cpu_bf16_fast": cpu_bf16_fast(),
-        "memory_method": ("cuda: weights + (max_memory_allocated - memory_allocated before)" if device.type == "cuda"
-                          else "cpu: weights + peak RSS growth (/proc/self/statm sampled every 0.5 ms, ru_maxrss, "
-                               "malloc_trim before)"),
-    }
-    if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["gpu_bf16_peak_tflops"] = gpu_bf16_peak_tflops(env["device_name"])
-    return env
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""Head combinations of a config: naming, parsing, the config and model of one, and a synthetic batch."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+from ..data.collate import Batch
+from ..models.build import build_model
+from ..models.multitask import MultiTaskModel
+
+# --------------------------------------------------------------------------------------------
+# Combinations and configs
+# --------------------------------------------------------------------------------------------
+def combo_name(combo: Sequence[str]) -> str:
+    """``("cls", "det")`` -> ``"cls+det"``."""
+    return "+".join(combo)
+
+
+def all_combos(tasks: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``tasks``, by size then in task order (7 for 3 tasks)."""
+    tasks = list(tasks)
+    return [c for k in range(1, len(tasks) + 1) for c in itertools.combinations(tasks, k)]
+
+
+def parse_combos(spec: Any, tasks: Sequence[str]) -> list[tuple[str, ...]]:
+    """Resolve a combination spec against the configured task names.
+
+    Args:
+        spec: ``"all"``, ``"cls,det+seg"``, or a sequence of ``"a+b"`` strings / task tuples.
+        tasks: task names in config order.
+
+    Returns:
+        Combinations as tuples in config order, without duplicates, in the order given.
+
+    Raises:
+        ConfigError: an unknown task name, an empty combination, or nothing selected.
+    """
+    tasks = list(tasks)
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return all_combos(tasks)
+    items = [s for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    out: list[tuple[str, ...]] = []
+    for item in items:
+        names = [n.strip() for n in item.split("+")] if isinstance(item, str) else [str(n).strip() for n in item]
+        names = [n for n in names if n]
+        if not names:
+            raise ConfigError(f"--combos: empty combination in {spec!r}")
+        unknown = [n for n in names if n not in tasks]
+        if unknown:
+            raise ConfigError(f"--combos: unknown task(s) {unknown}; configured tasks: {', '.join(tasks)}")
+        combo = tuple(t for t in tasks if t in names)
+        if combo not in out:
+            out.append(combo)
+    if not out:
+        raise ConfigError(f"--combos: nothing selected by {spec!r}")
+    return out
+
+
+def subset_config(cfg: Config, tasks: Sequence[str]) -> Config:
+    """A deep copy of ``cfg`` keeping only ``tasks``; dataset task lists are restricted to them and
+    a dataset left with none is dropped."""
+    missing = [t for t in tasks if t not in cfg.tasks]
+    if missing:
+        raise ConfigError(f"unknown task(s) {missing}; configured tasks: {', '.join(cfg.tasks)}")
+    sub = copy.deepcopy(cfg)
+    sub.tasks = {n: t for n, t in sub.tasks.items() if n in tasks}
+    for split in ("train", "val"):
+        kept = []
+        for d in getattr(sub.data, split):
+            if d.tasks:
+                d.tasks = [t for t in d.tasks if t in tasks]
+                if not d.tasks:  # an empty list would mean "every task it can": drop the dataset
+                    continue
+            kept.append(d)
+        setattr(sub.data, split, kept)
+    return sub
+
+
+def build_combo_model(cfg: Config, combo: Sequence[str], seed: int = 0) -> MultiTaskModel:
+    """The config's model with only the heads of ``combo`` (weights seeded, backbone weights as configured)."""
+    torch.manual_seed(seed)
+    return build_model(subset_config(cfg, combo))
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic input
+# --------------------------------------------------------------------------------------------
+def synthetic_batch(cfg: Config, batch: int, imgsz: int, seed: int = 0, max_boxes: int = 4) -> Batch:
+    """A seeded batch with labels for every task of ``cfg`` (``has`` all true).
+
+    Images are standard-normal ``[B, 3, imgsz, imgsz]`` (roughly what normalisation produces);
+    classification gets 1-2 random labels (exactly one for multi-class, or ``attrs[attr]``),
+    detection 1-``max_boxes`` random boxes at least 8 px wide, segmentation a blocky random mask.
+    """
+    if imgsz < 32 or imgsz % 32:
+        raise ConfigError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, imgsz, imgsz, generator=g)
+    targets: list[dict] = [{} for _ in range(batch)]
+    for name, t in cfg.tasks.items():
+        n_cls = len(t.classes)
+        for tgt in targets:
+            if t.type == "classification":
+                if t.attr:
+                    tgt.setdefault("attrs", {})[t.attr] = int(torch.randint(n_cls, (1,), generator=g))
+                else:
+                    k = 1 if not t.multilabel else int(torch.randint(1, min(2, n_cls) + 1, (1,), generator=g))
+                    tgt["labels"] = torch.randperm(n_cls, generator=g)[:k].to(torch.int64)
+            elif t.type == "detection":
+                n = int(torch.randint(1, max_boxes + 1, (1,), generator=g))
+                xy = torch.rand(n, 2, generator=g) * (imgsz - 8)
+                wh = 8 + torch.rand(n, 2, generator=g) * (imgsz / 2)
+                x2y2 = torch.minimum(xy + wh, torch.full_like(xy, float(imgsz)))
+                tgt["boxes"] = torch.cat([xy, x2y2], dim=1).to(torch.float32)
+                tgt["box_labels"] = torch.randint(n_cls, (n,), generator=g, dtype=torch.int64)
+            else:
+                cells = max(imgsz // 16, 1)
+                low = torch.randint(n_cls, (1, 1, cells, cells), generator=g).float()
+                tgt["mask"] = nn.functional.interpolate(low, size=(imgsz, imgsz), mode="nearest")[0, 0].to(torch.int64)
+    has = {name: torch.ones(batch, dtype=torch.bool) for name in cfg.tasks}
+    meta = [{"path": "<synthetic>", "image_id": i, "dataset": "synthetic", "orig_size": (imgsz, imgsz),
+             "input_size": (imgsz, imgsz)} for i in range(batch)]
+    return Batch(images, targets, has, meta)
