@@ -12,7 +12,9 @@ and ms per frame for ``decode``, ``preprocess``, ``model``, ``postprocess`` (plu
 ``draw``, ``encode`` and ``json``, how long the model thread waited for input and for
 postprocessing, and the end-to-end FPS. With ``draw=False`` nothing is drawn or encoded.
 :func:`model_only_fps` times the forward pass alone on pre-loaded device tensors, at the same
-batch and size, as the reference the end-to-end FPS is compared against.
+batch and size, as the reference the end-to-end FPS is compared against. The writer thread is
+in :mod:`visionmtl.inference.writer`, the shared stage names and timer in
+:mod:`visionmtl.inference.stages`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ import logging
 import math
 import os
 import queue
-import re
 import sys
 import threading
 import time
-from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -36,38 +36,17 @@ import torch
 from tqdm import tqdm
 
 from ..config import ConfigError
-from ..data.errors import DataError
-from .draw import draw_result
-from .outputs import VIDEO_CODECS, CocoResultsWriter, JsonlWriter, open_video_writer, result_to_record
+from .outputs import VIDEO_CODECS
 from .predictor import PreparedBatch, Predictor
-from .sources import Frame, Source, SourceInfo, open_source
+from .sources import Frame, Source, open_source
+from .stages import END, POLL, STAGES, WINDOW, StageTimer
 from .track import ByteTracker
+from .writer import Writer, check_display
 
 log = logging.getLogger("visionmtl")
 
 __all__ = ["StageTimer", "predict_stream", "run_video", "model_only_fps", "check_display", "format_summary",
            "write_video", "STAGES", "WINDOW"]
-
-STAGES = ("decode", "preprocess", "model", "postprocess", "track", "draw", "encode", "json")
-WINDOW = "visionmtl"
-_END = object()
-_POLL = 0.1  # seconds between checks of stop flags while blocked on a queue
-
-
-class StageTimer:
-    """Seconds spent per named stage, summed over threads."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.totals[stage] += seconds
-
-    def __getitem__(self, stage: str) -> float:
-        return self.totals.get(stage, 0.0)
-
 
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
@@ -99,24 +78,24 @@ class _Stage(threading.Thread):
         except BaseException as e:  # handed to the consumer, raised there
             self._put(_Failure(e))
         finally:
-            self._put(_END)
+            self._put(END)
 
     def _put(self, item: Any) -> None:
         while not self.stop_event.is_set():
             try:
-                self.q.put(item, timeout=_POLL)
+                self.q.put(item, timeout=POLL)
                 return
             except queue.Full:
                 continue
 
     def get(self, stop: Optional[threading.Event] = None) -> Any:
-        """Next item, or ``_END`` once this stage has ended (or ``stop`` is set) and nothing is left."""
+        """Next item, or ``END`` once this stage has ended (or ``stop`` is set) and nothing is left."""
         while True:
             try:
-                return self.q.get(timeout=_POLL)
+                return self.q.get(timeout=POLL)
             except queue.Empty:
                 if (stop is not None and stop.is_set()) or (not self.is_alive() and self.q.empty()):
-                    return _END
+                    return END
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Ask the thread to end, unblock it, and wait; True when it has ended."""
@@ -128,7 +107,7 @@ class _Stage(threading.Thread):
                     self.q.get_nowait()
             except queue.Empty:
                 pass
-            self.join(_POLL)
+            self.join(POLL)
         return not self.is_alive()
 
 
@@ -187,7 +166,7 @@ class _ModelWorker(_Stage):
             t0 = time.perf_counter()
             item = self.reader.get(self.stop_event)
             self.timer.add("wait_input", time.perf_counter() - t0)
-            if item is _END:
+            if item is END:
                 return
             if isinstance(item, _Failure):
                 self._put(item)
@@ -258,7 +237,7 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
     try:
         while True:
             item = worker.get()
-            if item is _END:
+            if item is END:
                 break
             if isinstance(item, _Failure):
                 raise item.exc
@@ -281,188 +260,6 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
         reader_ended = reader.stop()
         if own and worker_ended and reader_ended:
             src.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Writer: drawing, encoding and structured outputs in a background thread
-# --------------------------------------------------------------------------------------------
-def check_display() -> None:
-    """Raise ConfigError unless OpenCV can open a window here (``--show``)."""
-    info = cv2.getBuildInformation()
-    m = re.search(r"^\s*GUI:\s*(\S+)", info, re.M)
-    if m and m.group(1).upper() == "NONE":
-        raise ConfigError("--show: this OpenCV build has no GUI support (GUI: NONE, e.g. opencv-python-headless); "
-                          "drop --show and open the annotated output written to --out, or install opencv-python")
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise ConfigError("--show: no display available (DISPLAY is not set); drop --show and open the annotated "
-                          "output written to --out")
-    try:
-        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
-    except cv2.error as e:
-        raise ConfigError(f"--show: cannot open a window ({str(e).strip().splitlines()[-1]})") from None
-
-
-_WRITE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class _Writer(threading.Thread):
-    """Consume ``(Frame, result)``: draw, encode, show, and write JSONL / COCO / mask outputs."""
-
-    def __init__(self, predictor: Predictor, info: SourceInfo, out_dir: Optional[Path], draw: bool, save_json: bool,
-                 show: bool, mask_format: str, timer: StageTimer, maxsize: int,
-                 codecs: Sequence[tuple[str, str]], draw_thresh: float) -> None:
-        super().__init__(name="visionmtl-writer", daemon=True)
-        self.predictor, self.info, self.out_dir, self.timer = predictor, info, out_dir, timer
-        self.draw, self.save_json, self.show, self.mask_format = draw, save_json, show, mask_format
-        self.codecs, self.draw_thresh = codecs, draw_thresh
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: Optional[BaseException] = None
-        self.quit = False  # the user closed the window / pressed q
-        self.video = None
-        self.n_images = 0
-        self.jsonl: Optional[JsonlWriter] = None
-        self.coco: dict[str, CocoResultsWriter] = {}
-        self._names: set[str] = set()
-        if save_json:
-            self.jsonl = JsonlWriter(out_dir / "predictions.jsonl")
-            dets = [n for n, t in predictor.tasks.items() if t.type == "detection"]
-            if not info.is_video:
-                for n in dets:
-                    sfx = "" if len(dets) == 1 else f"_{n}"
-                    self.coco[n] = CocoResultsWriter(out_dir / f"coco_results{sfx}.json",
-                                                     out_dir / f"coco_images{sfx}.json", predictor.tasks[n].classes)
-
-    # -- producer side ------------------------------------------------------------------------
-    def put(self, item: Any) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.q.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                if not self.is_alive():
-                    raise RuntimeError("output thread ended unexpectedly") from self.error
-
-    def finish(self) -> None:
-        """Flush the queue, close every output, re-raise an error from the thread."""
-        while self.is_alive():  # the thread drains the queue even after an error, so _END gets in
-            try:
-                self.q.put(_END, timeout=_POLL)
-                break
-            except queue.Full:
-                continue
-        self.join()
-        self._close()
-        if self.error is not None:
-            raise self.error
-
-    # -- thread side ----------------------------------------------------------------------------
-    def run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is _END:
-                return
-            if self.error is not None:
-                continue  # drain so the producer never blocks
-            try:
-                self._handle(*item)
-            except BaseException as e:
-                self.error = e
-
-    def _image_name(self, frame: Frame) -> str:
-        base = os.path.basename(frame.name) or f"{frame.index:06d}.jpg"
-        stem, ext = os.path.splitext(base)
-        if ext.lower() not in _WRITE_EXTS:
-            ext = ".jpg"
-        name = stem + ext
-        k = 1
-        while name in self._names:
-            name = f"{stem}_{k}{ext}"
-            k += 1
-        self._names.add(name)
-        return name
-
-    def _handle(self, frame: Frame, result: dict) -> None:
-        drawn = None
-        if self.draw or self.show:
-            t0 = time.perf_counter()
-            drawn = draw_result(frame.image, result, self.predictor.tasks, score_thresh=self.draw_thresh)
-            self.timer.add("draw", time.perf_counter() - t0)
-        if self.draw and self.out_dir is not None:
-            t0 = time.perf_counter()
-            if self.info.is_video:
-                if self.video is None:
-                    h, w = drawn.shape[:2]
-                    fps = self.info.fps or 25.0
-                    self.video = open_video_writer(self.out_dir / self.info.stem, fps, (w, h), self.codecs)
-                self.video.write(drawn)
-            else:
-                path = self.out_dir / self._image_name(frame)
-                if os.path.abspath(path) == os.path.abspath(frame.name):
-                    raise DataError(frame.name, "the drawn image would overwrite the input; choose another --out")
-                ok = cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-                if not ok:
-                    raise DataError(str(path), "cannot write the drawn image")
-                self.n_images += 1
-            self.timer.add("encode", time.perf_counter() - t0)
-        if self.show:
-            cv2.imshow(WINDOW, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                self.quit = True
-        if self.jsonl is not None:
-            t0 = time.perf_counter()
-            self._write_json(frame, result)
-            self.timer.add("json", time.perf_counter() - t0)
-
-    def _write_json(self, frame: Frame, result: dict) -> None:
-        h, w = frame.image.shape[:2]
-        video = self.info.is_video
-        image_id = None if video else frame.index + 1
-        mask_path = None
-        if self.mask_format == "png":
-            for name, r in result.items():
-                if self.predictor.tasks[name].type == "segmentation":
-                    stem = f"{self.info.stem}_{frame.index:06d}" if video else \
-                        os.path.splitext(os.path.basename(frame.name))[0] + f"_{frame.index:06d}"
-                    rel = f"masks/{stem}_{name}.png"
-                    (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(self.out_dir / rel), np.asarray(r["mask"]).astype(np.uint8))
-                    mask_path = rel
-        frame_time = frame.index / self.info.fps if video and self.info.fps else None
-        rec = result_to_record(result, self.predictor.tasks, frame.index, frame.name, (h, w), image_id=image_id,
-                               frame_time=frame_time, mask_format=self.mask_format, mask_path=mask_path,
-                               is_frame=video)
-        self.jsonl.write(rec)
-        for name, writer in self.coco.items():
-            writer.add(image_id, os.path.basename(frame.name), (h, w), result[name])
-
-    def _close(self) -> None:
-        if self.video is not None:
-            self.video.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
-        for w in self.coco.values():
-            w.close()
-        if self.show:
-            try:
-                cv2.destroyWindow(WINDOW)
-            except cv2.error:
-                pass
-
-    def outputs(self) -> dict:
-        out: dict[str, Any] = {}
-        if self.video is not None:
-            out.update(video=str(self.video.path), codec=self.video.fourcc, video_frames=self.video.count)
-        if self.n_images:
-            out.update(images_dir=str(self.out_dir), images=self.n_images)
-        if self.jsonl is not None:
-            out.update(jsonl=str(self.jsonl.path), records=self.jsonl.count)
-        for name, w in self.coco.items():
-            sfx = "" if len(self.coco) == 1 else f"_{name}"
-            out[f"coco_results{sfx}"] = str(w.results_path)
-            out[f"coco_images{sfx}"] = str(w.images_path)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +323,7 @@ def run_video(predictor: Predictor, source: Any, out_dir: Optional[str | os.Path
         timer = StageTimer()
         writer = None
         if draw_files or save_json or show:
-            writer = _Writer(predictor, info, out, draw_files, save_json, show, mask_format, timer,
+            writer = Writer(predictor, info, out, draw_files, save_json, show, mask_format, timer,
                              maxsize=max(4, 2 * batch + 2), codecs=codecs, draw_thresh=0.0)
             writer.start()
         total = info.frame_count
