@@ -54,18 +54,24 @@ def test_detail_level_must_be_finer():
 
 
 def _stripes(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-pixel vertical stripes at a random phase: visible in the image, the class of each pixel."""
+    """2-pixel vertical stripes at a random even phase: visible in the image, the class of each pixel.
+
+    Even phases put every stripe on one stride-2 cell. At an odd phase each cell straddles two
+    stripes and, with a period of two cells, bilinear up-sampling gives both pixels of a cell the
+    same logits: no stride-2 decoder could draw it, and test accuracy would hang on how many odd
+    phases the test batch happened to draw.
+    """
     cols = torch.arange(S)
     masks, images = [], []
     for _ in range(n):
-        phase = int(torch.randint(0, 4, ()))
+        phase = 2 * int(torch.randint(0, 2, ()))
         m = (((cols + phase) // 2) % 2).expand(S, S)
         masks.append(m)
         images.append((m.float() * 2 - 1).expand(3, S, S) + 0.1 * torch.randn(3, S, S))
     return torch.stack(images), torch.stack(masks).long()
 
 
-def _fit_stripes(detail: str | None, steps: int = 60) -> float:
+def _fit_stripes(detail: str | None, steps: int = 30) -> float:
     torch.manual_seed(0)
     model = _seg_model(detail)
     opt = torch.optim.AdamW(model.parameters(), 3e-3)
