@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from visionmtl.models.heads import ClassificationHead
-from visionmtl.models.multitask import build_model
+from visionmtl.models.build import build_model
 
 from .test_models import BACKBONE, TASKS, S, _threads  # noqa: F401  (autouse: one intra-op thread, seed 0)
 
@@ -69,7 +69,7 @@ def test_classification_multiclass_attr():
     head = ClassificationHead("colour", 16, 3, multilabel=False, label_smoothing=0.1, hidden=0, attr="colour")
     raw = head({"c5": torch.randn(3, 16, 2, 2)})
     targets = [{"attrs": {"colour": 2}}, {}, {"attrs": {"colour": 0}}]
-    loss = head.loss(raw, targets, torch.tensor([True, False, True]))["loss_colour_cls"]
+    loss = head.loss(raw, targets, torch.tensor([True, False, True]))["cls"]
     expected = nn.functional.cross_entropy(raw["logits"][[0, 2]], torch.tensor([2, 0]), label_smoothing=0.1)
     torch.testing.assert_close(loss, expected)
     preds = head.predict(raw, [(S, S)] * 3)
@@ -83,7 +83,7 @@ def test_classification_multilabel_predict_sorted():
     raw = {"logits": torch.tensor([[3.0, -2.0, 5.0, 0.1]])}
     p = head.predict(raw, [(S, S)])[0]
     assert p["labels"].tolist() == [2, 0, 3]
-    loss = head.loss(raw, [{"labels": torch.tensor([2, 0])}], torch.tensor([True]))["loss_tags_cls"]
+    loss = head.loss(raw, [{"labels": torch.tensor([2, 0])}], torch.tensor([True]))["cls"]
     expected = nn.functional.binary_cross_entropy_with_logits(raw["logits"], torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
     torch.testing.assert_close(loss, expected)
 

@@ -27,7 +27,7 @@ from visionmtl.inference.outputs import rle_to_mask
 from visionmtl.inference.predictor import Predictor
 from visionmtl.inference.sources import Frame, LiveSource, Source, SourceInfo, VideoSource, open_source
 from visionmtl.inference.track import render_frames, synthetic_sequence
-from visionmtl.inference.video import check_display, model_only_fps, predict_stream, run_video, write_video
+from visionmtl.inference.video import check_display, model_only_fps, predict_stream, run_video, stream, write_video
 
 from .conftest import real_data
 from .test_engine import tiny_cfg
@@ -181,7 +181,7 @@ def test_predictor_flip_tta_matches_evaluation_merge(predictor, video):
         np.testing.assert_array_equal(g["seg"]["mask"], r["seg"]["mask"].numpy())
         np.testing.assert_allclose(g["cls"]["probs"], r["cls"]["probs"].numpy(), atol=1e-6)
         assert not np.allclose(g["cls"]["probs"], p["cls"]["probs"])  # the mirror pass counted
-    frames = list(flip.stream(str(video), batch=3, max_frames=5))
+    frames = list(stream(flip, str(video), batch=3, max_frames=5))
     assert [i for i, _, _ in frames] == list(range(5)) and frames[0][2]["seg"]["mask"].shape == (64, 96)
 
 
@@ -195,7 +195,7 @@ def test_task_selection(ckpt):
 
 
 def test_stream_api_yields_every_frame_with_track_ids(predictor, video):
-    got = list(predictor.stream(str(video), batch=3, track=True))
+    got = list(stream(predictor, str(video), batch=3, track=True))
     assert [i for i, _, _ in got] == list(range(20))
     assert all(f.shape == (64, 96, 3) for _, f, _ in got)
     assert all("track_ids" in r["det"] and len(r["det"]["track_ids"]) == len(r["det"]["boxes"]) for _, _, r in got)

@@ -16,7 +16,9 @@ from torchvision.ops import box_iou
 
 from visionmtl.models.backbone import Backbone, LastLevelConvs, WeightsError
 from visionmtl.models.heads import SegmentationHead
-from visionmtl.models.multitask import HEAD_TYPES, MultiTaskModel, build_model
+from visionmtl.models.build import build_model
+from visionmtl.models.multitask import MultiTaskModel
+from visionmtl.tasks import TASK_TYPES
 
 S = 64
 TASKS = {
@@ -56,7 +58,7 @@ def _batch(model: MultiTaskModel, targets: list[dict], has: list[bool] | None = 
 
 def _expected_loss_keys(tasks: dict) -> set[str]:
     terms = {"classification": ("cls",), "detection": ("cls", "box", "ctr"), "segmentation": ("ce",)}
-    return {f"loss_{name}_{term}" for name, cfg in tasks.items() for term in terms[cfg["type"]]}
+    return {(name, term) for name, cfg in tasks.items() for term in terms[cfg["type"]]}
 
 
 # ---------------------------------------------------------------------------- model / combos
@@ -73,6 +75,7 @@ def test_every_head_combination(names):
     model.train()
     raw_train = model(images)
     losses = model.loss(raw_train, _batch(model, targets))
+    losses = {(t, k): v for t, terms in losses.items() for k, v in terms.items()}
     assert set(losses) == _expected_loss_keys(tasks)
     for v in losses.values():
         assert v.ndim == 0 and torch.isfinite(v)
@@ -130,11 +133,11 @@ def test_build_model_errors():
         build_model(BACKBONE, {"y": {"type": "classification", "classes": []}})
     with pytest.raises(ValueError):
         build_model(BACKBONE, {})
-    with pytest.raises(ValueError, match="unknown head type"):
+    with pytest.raises(ValueError, match=r"unknown task type .keypoints. \(known: classification, detection, segmentation"):
         build_model(BACKBONE, {"x": {"type": "keypoints", "num_classes": 2}})
-    with pytest.raises(ValueError, match="unknown DetectionHead options"):
+    with pytest.raises(ValueError, match=r"unknown key .tasks.x.head.bogus. for a detection head"):
         build_model(BACKBONE, {"x": {"type": "detection", "num_classes": 2, "bogus": 1}})
-    assert set(HEAD_TYPES) == {"classification", "detection", "segmentation"}
+    assert {"classification", "detection", "segmentation"} <= set(TASK_TYPES)
 
 
 def test_aspp_segmentation_needs_no_fpn():
@@ -143,7 +146,7 @@ def test_aspp_segmentation_needs_no_fpn():
     model.train()
     raw = model(torch.randn(1, 3, S, S))  # batch of 1 trains (GroupNorm in ASPP)
     assert raw["seg"]["logits"].shape == (1, 3, S // 4, S // 4)
-    loss = model.loss(raw, _batch(model, _targets(1)))["loss_seg_ce"]
+    loss = model.loss(raw, _batch(model, _targets(1)))["seg"]["ce"]
     assert torch.isfinite(loss)
 
 
@@ -151,7 +154,7 @@ def test_missing_has_entry_counts_as_unlabelled():
     model = build_model(BACKBONE, {"cls": TASKS["cls"]})
     raw = model(torch.randn(2, 3, S, S))
     losses = model.loss(raw, SimpleNamespace(targets=[{}, {}], has={}))
-    assert losses["loss_cls_cls"].item() == 0.0
+    assert losses["cls"]["cls"].item() == 0.0
 
 
 # ---------------------------------------------------------------------------- seg / cls
@@ -161,11 +164,11 @@ def test_segmentation_loss_and_predict():
     raw = head(feats)
     assert raw["logits"].shape == (2, 4, S // 4, S // 4)
     targets = _targets()
-    loss = head.loss(raw, targets, torch.tensor([True, False]))["loss_seg_ce"]
+    loss = head.loss(raw, targets, torch.tensor([True, False]))["ce"]
     assert torch.isfinite(loss) and loss.item() > 0
     ignored = [{"mask": torch.full((S, S), 255)}] * 2
-    assert head.loss(raw, ignored, torch.tensor([True, True]))["loss_seg_ce"].item() == 0.0
-    assert head.loss(raw, [{}, {}], torch.tensor([False, False]))["loss_seg_ce"].item() == 0.0
+    assert head.loss(raw, ignored, torch.tensor([True, True]))["ce"].item() == 0.0
+    assert head.loss(raw, [{}, {}], torch.tensor([False, False]))["ce"].item() == 0.0
     preds = head.predict(raw, torch.tensor([[S, S], [40, 50]]), orig_sizes=[(S // 2, S // 2), (80, 100)])
     assert preds[0]["mask"].shape == (S // 2, S // 2) and preds[1]["mask"].shape == (80, 100)
     assert preds[1]["mask"].dtype == torch.int64 and preds[1]["mask"].max() < 4
@@ -290,7 +293,7 @@ def test_autocast_bf16_channels_last():
     batch = _batch(model, _targets())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         raw = model(images)
-        losses = model.loss(raw, batch)
+        losses = {f"{t}.{k}": v for t, terms in model.loss(raw, batch).items() for k, v in terms.items()}
     assert raw["det"]["cls_logits"].dtype == torch.bfloat16
     for k, v in losses.items():
         assert v.dtype == torch.float32 and torch.isfinite(v), k
@@ -343,7 +346,7 @@ def test_tiny_overfit():
     for _ in range(60):
         losses = model.loss(model(images), batch)
         opt.zero_grad()
-        sum(losses.values()).backward()
+        sum(v for terms in losses.values() for v in terms.values()).backward()
         opt.step()
     model.eval()
     with torch.no_grad():

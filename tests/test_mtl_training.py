@@ -15,7 +15,7 @@ from visionmtl.engine.trainer import Trainer, load_trained
 from visionmtl.mtl.alternating import draw_tasks, task_probabilities
 from visionmtl.mtl.gradient import GRADIENT_METHODS
 from visionmtl.mtl.methods import METHOD_NAMES
-from visionmtl.mtl.step import gradient_backward, loss_backward
+from visionmtl.engine.step import gradient_backward, loss_backward
 from visionmtl.mtl.weighting import WEIGHTINGS
 
 METHOD_CASES = [(n, "params") for n in sorted(WEIGHTINGS)] + \
@@ -53,7 +53,7 @@ def test_every_method_trains(shapes_dir, tmp_path, name, grad_on):
 
 def _grads(trainer: Trainer, batch, backward) -> dict[str, torch.Tensor]:
     tasks = list(trainer.cfg.tasks)
-    backward(trainer, batch.to(trainer.device), tasks, tasks)
+    backward(trainer.step_parts(), batch.to(trainer.device), tasks, tasks)
     return {k: p.grad.detach().clone() for k, p in trainer.net.named_parameters() if p.grad is not None}
 
 

@@ -10,7 +10,7 @@ import torch
 from visionmtl.models.backbone import Backbone
 from visionmtl.models.heads import SegmentationHead
 from visionmtl.models.heads.segmentation import lovasz_softmax, soft_dice
-from visionmtl.models.multitask import build_model
+from visionmtl.models.build import build_model
 
 from .test_models import BACKBONE, S, _threads  # noqa: F401  (autouse: one intra-op thread, seed 0)
 
@@ -38,7 +38,7 @@ def test_detail_decoder_shapes_loss_and_gradient():
     assert raw["seg"]["logits"].shape == (2, 4, S // 2, S // 2)
     masks = torch.randint(0, 4, (2, S, S))
     batch = SimpleNamespace(targets=[{"mask": m} for m in masks], has={"seg": torch.tensor([True, True])})
-    loss = model.loss(raw, batch)["loss_seg_ce"]
+    loss = model.loss(raw, batch)["seg"]["ce"]
     loss.backward()
     assert torch.isfinite(loss)
     # the stem feeds the head directly: its projection and conv1 both get gradient
@@ -79,7 +79,7 @@ def _fit_stripes(detail: str | None, steps: int = 30) -> float:
     for _ in range(steps):
         x, m = _stripes(4)
         batch = SimpleNamespace(targets=[{"mask": v} for v in m], has={"seg": torch.ones(4, dtype=torch.bool)})
-        loss = model.loss(model(x), batch)["loss_seg_ce"]
+        loss = model.loss(model(x), batch)["seg"]["ce"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -120,13 +120,13 @@ def test_region_loss_terms_ignore_and_gradient(region):
     raw = head(feats)
     masks = torch.randint(0, 3, (2, 16, 16))
     out = head.loss(raw, [{"mask": m} for m in masks], torch.tensor([True, True]))
-    assert set(out) == {"loss_seg_ce", f"loss_seg_{region}"}
-    out[f"loss_seg_{region}"].backward()
+    assert set(out) == {"ce", region}
+    out[region].backward()
     assert feats["p2"].grad.abs().sum() > 0
     # ignored pixels do not count: flipping their labels to 255 or to another class ...
     ignored = masks.clone()
     ignored[:, :8] = 255
-    a = head.loss(raw, [{"mask": m} for m in ignored], torch.tensor([True, True]))[f"loss_seg_{region}"]
+    a = head.loss(raw, [{"mask": m} for m in ignored], torch.tensor([True, True]))[region]
     probs = torch.nn.functional.interpolate(raw["logits"], size=(16, 16), mode="bilinear").softmax(1)
     keep = ignored != 255
     ref = (lovasz_softmax if region == "lovasz" else soft_dice)(probs.permute(0, 2, 3, 1)[keep], ignored[keep])
@@ -157,7 +157,7 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept():
         head = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8,
                                 ohem_thresh=thresh, ohem_min_kept=min_kept)
         x = logits.clone().requires_grad_(True)
-        loss = head.loss({"logits": x}, targets, has)["loss_seg_ce"]
+        loss = head.loss({"logits": x}, targets, has)["ce"]
         below = valid & (p_true <= thresh)
         k = int(min_kept * valid.sum().item() + 0.999)
         if below.sum() >= k:
@@ -172,7 +172,7 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept():
         g = x.grad.abs().sum(1)
         assert (g[~chosen] == 0).all() and (g[chosen] > 0).all()
     plain = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8)
-    assert plain.loss({"logits": logits}, targets, has)["loss_seg_ce"].item() == pytest.approx(ce[valid].mean().item(), rel=1e-5)
+    assert plain.loss({"logits": logits}, targets, has)["ce"].item() == pytest.approx(ce[valid].mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="ohem_thresh"):
         SegmentationHead("seg", 8, 3, ohem_thresh=1.5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from visionmtl.models.multitask import build_model
+from visionmtl.models.build import build_model
 from visionmtl.models.tta import predict_flip
 
 from .test_models import BACKBONE, S, TASKS, _threads  # noqa: F401  (autouse: one intra-op thread, seed 0)

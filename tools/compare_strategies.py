@@ -6,7 +6,7 @@
 
 Writes compare.md (also printed), compare.csv, compare.json and compare.png to --out; each
 run's outputs and result.json go to OUT/<strategy>/ (a finished run is reused when the command
-is run again). Strategies: see visionmtl/mtl/compare.py (STRATEGIES).
+is run again). Strategies: see visionmtl/benchmark/compare.py (STRATEGIES).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.config import load_config
-    from visionmtl.mtl.compare import compare_strategies, format_compare, parse_strategies
+    from visionmtl.benchmark.compare import compare_strategies, format_compare, parse_strategies
 
     cfg = load_config(args.config, args.set)
     names = parse_strategies(args.strategies)

@@ -40,9 +40,10 @@ def main(args) -> None:
     detector = None
     if args.checkpoint:
         from visionmtl.inference.predictor import Predictor
+        from visionmtl.tasks import spec
 
         predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu", conf=args.conf)
-        det_task = next(n for n, t in predictor.tasks.items() if t.type == "detection")
+        det_task = next(n for n, t in predictor.tasks.items() if spec(t).trackable)
 
         def detector(frame):
             r = predictor(frame)[det_task]

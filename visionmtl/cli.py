@@ -6,18 +6,11 @@ import logging
 import sys
 from typing import Callable
 
-EXPECTED_ERRORS: tuple[type, ...] = ()
-
-
 def expected_errors() -> tuple[type, ...]:
     """Errors caused by input (config, data, checkpoint, weights): shown as one line, exit 2."""
-    from .config import ConfigError
-    from .data.errors import DataError
-    from .engine.checkpoint import CheckpointError
-    from .engine.trainer import NonFiniteLossError
-    from .models.backbone import WeightsError
+    from .errors import EXPECTED_ERRORS
 
-    return (ConfigError, DataError, CheckpointError, NonFiniteLossError, WeightsError, FileNotFoundError)
+    return EXPECTED_ERRORS
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -21,11 +21,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .paths import expand
+from .config_check import choice as _choice  # noqa: F401  (older imports)
+from .config_check import SHARING_MODES, validate  # noqa: F401
+from .config_check import where as _where
+from .errors import ConfigError
+from .tasks import TASK_TYPES, spec
 
-
-class ConfigError(ValueError):
-    """A problem with a configuration file or override; the message is one line."""
+__all__ = ["Config", "ConfigError", "DataConfig", "DatasetConfig", "ModelConfig", "TASK_TYPES", "TaskConfig",
+           "TrainConfig", "config_from_dict", "load_config", "save_config"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,7 +44,6 @@ class BackboneConfig:
     num_stages: int = 4  # ResNet stages built: 4 (C2-C5) or 3 (no layer4; P5+ from convs on P4)
 
 
-SHARING_MODES = ("hard", "soft", "mtan", "private")
 
 
 @dataclass
@@ -55,20 +57,37 @@ class ModelConfig:
     adapter_reduction: int = 4  # mtan/private: hidden channels = channels // reduction
 
 
-TASK_TYPES = ("classification", "detection", "segmentation")
-
-
 @dataclass
 class TaskConfig:
-    """One head. ``classes`` is the task's class list, declared once; datasets map into it."""
+    """One head. ``classes`` is the task's class list, declared once; datasets map into it.
+
+    Keys of the task's own type (classification ``multilabel``, regression ``targets`` ...) are
+    written flat beside ``type`` in YAML; they are parsed into the type's options dataclass
+    (``visionmtl/tasks/``) and read as attributes: ``task.multilabel``.
+    """
 
     type: str
-    classes: list[str]
+    classes: list[str] = field(default_factory=list)
     weight: float = 1.0
-    multilabel: bool = True  # classification: BCE over multi-hot labels, else CE
-    label_smoothing: float = 0.0  # classification, multi-class only
-    attr: Optional[str] = None  # classification: read target["attrs"][attr] instead of "labels"
     head: dict[str, Any] = field(default_factory=dict)  # head keyword arguments
+    options: Any = None  # the type's options dataclass (TaskType.Options)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("__") and hasattr(options, name):
+            return getattr(options, name)
+        raise AttributeError(f"{self.__dict__.get('type', 'task')} task config has no key '{name}'")
+
+    def to_dict(self) -> dict:
+        """The YAML form: common keys, then the type's options flat."""
+        out = {"type": self.type, "classes": list(self.classes), "weight": self.weight, "head": dict(self.head)}
+        if self.options is not None:
+            out.update(dataclasses.asdict(self.options))
+        return out
+
+
+# keys every task had before task types had options of their own (checkpoints written then)
+_LEGACY_TASK_KEYS = {"multilabel": True, "label_smoothing": 0.0, "attr": None}
 
 
 @dataclass
@@ -191,7 +210,9 @@ class Config:
     work_dir: str = "runs/default"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["tasks"] = {n: t.to_dict() for n, t in self.tasks.items()}
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,16 +355,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _where(key: str, origin: dict, default_file: str) -> str:
-    parts = key.split(".")
-    while parts:
-        k = ".".join(parts)
-        if k in origin and origin[k]:
-            return origin[k]
-        parts.pop()
-    return default_file
-
-
 def _convert(tp: Any, value: Any, key: str, origin: dict, default_file: str) -> Any:
     def fail() -> ConfigError:
         return ConfigError(
@@ -391,6 +402,11 @@ def _convert(tp: Any, value: Any, key: str, origin: dict, default_file: str) -> 
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise fail()
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -401,6 +417,8 @@ def _convert(tp: Any, value: Any, key: str, origin: dict, default_file: str) -> 
 
 def from_dict(cls: type, data: dict, origin: dict, default_file: str, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    if cls is TaskConfig:
+        return _task_from_dict(data, origin, default_file, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict = {}
@@ -409,7 +427,7 @@ def from_dict(cls: type, data: dict, origin: dict, default_file: str, prefix: st
         k = str(k)
         key = prefix + k
         if k not in fields:
-            if cls is DatasetConfig:  # adapter arguments, checked against the adapter later
+            if cls is DatasetConfig:  # adapter arguments, checked against the adapter in validate()
                 extra[k] = v
                 continue
             close = difflib.get_close_matches(k, list(fields), n=1, cutoff=0.5)
@@ -425,59 +443,30 @@ def from_dict(cls: type, data: dict, origin: dict, default_file: str, prefix: st
     return obj
 
 
-def _choice(value: str, choices: tuple, key: str, origin: dict, file: str) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{_where(key, origin, file)}: key '{key}' must be one of {', '.join(choices)}, got {value!r}{hint}")
-
-
-def validate(cfg: Config, origin: dict, file: str) -> None:
-    """Cross-field checks beyond types: choices, class lists, dataset task names."""
-    if not cfg.tasks:
-        raise ConfigError(f"{file}: 'tasks' is empty; configure at least one head")
-    for name, t in cfg.tasks.items():
-        _choice(t.type, TASK_TYPES, f"tasks.{name}.type", origin, file)
-        if len(t.classes) == 0:
-            raise ConfigError(f"{_where(f'tasks.{name}.classes', origin, file)}: task '{name}': head has zero classes")
-        if len(set(t.classes)) != len(t.classes):
-            dup = sorted({c for c in t.classes if t.classes.count(c) > 1})
-            raise ConfigError(f"{_where(f'tasks.{name}.classes', origin, file)}: task '{name}' lists classes twice: {dup}")
-    for kind in ("detection", "segmentation"):
-        names = [n for n, t in cfg.tasks.items() if t.type == kind]
-        if len(names) > 1:
-            raise ConfigError(f"{file}: only one {kind} task is supported, got {names}")
-    _choice(cfg.data.on_bad_sample, ("error", "skip"), "data.on_bad_sample", origin, file)
-    _choice(cfg.train.optimizer, ("adamw", "sgd"), "train.optimizer", origin, file)
-    _choice(cfg.train.schedule, ("cosine", "step", "constant"), "train.schedule", origin, file)
-    _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
-    if cfg.data.img_size < 32 or cfg.data.img_size % 32:
-        raise ConfigError(f"{_where('data.img_size', origin, file)}: key 'data.img_size' must be a positive multiple of 32, got {cfg.data.img_size}")
-    crop = cfg.data.augment.crop_size
-    if crop and (crop < 32 or crop % 32):
-        raise ConfigError(f"{_where('data.augment.crop_size', origin, file)}: key 'data.augment.crop_size' must be 0 "
-                          f"(= img_size) or a positive multiple of 32, got {crop}")
-    if cfg.data.eval_img_size and (cfg.data.eval_img_size < 32 or cfg.data.eval_img_size % 32):
-        raise ConfigError(f"{_where('data.eval_img_size', origin, file)}: key 'data.eval_img_size' must be 0 (= img_size) "
-                          f"or a positive multiple of 32, got {cfg.data.eval_img_size}")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise ConfigError(f"{_where('train.ema_decay', origin, file)}: key 'train.ema_decay' must be 0 (off) "
-                          f"or in (0, 1), got {cfg.train.ema_decay}")
-    if cfg.train.ema_tau < 0:
-        raise ConfigError(f"{_where('train.ema_tau', origin, file)}: key 'train.ema_tau' must be >= 0, got {cfg.train.ema_tau}")
-    from .mtl.validate import validate_strategy
-
-    validate_strategy(cfg, origin, file)
-    for split in ("train", "val"):
-        for i, d in enumerate(getattr(cfg.data, split)):
-            key = f"data.{split}.{i}"
-            _choice(d.unmapped, ("error", "ignore"), key + ".unmapped", origin, file)
-            for t in d.tasks:
-                if t not in cfg.tasks:
-                    close = difflib.get_close_matches(t, list(cfg.tasks), n=1)
-                    hint = f"; did you mean '{close[0]}'?" if close else f"; configured tasks: {', '.join(cfg.tasks)}"
-                    raise ConfigError(f"{_where(key + '.tasks', origin, file)}: dataset {d.name or i} labels unknown task '{t}'{hint}")
-            for k, v in d.args.items():
-                if isinstance(v, str) and any(s in k for s in ("file", "dir", "root")):
-                    d.args[k] = expand(v)
-
+def _task_from_dict(data: dict, origin: dict, default_file: str, prefix: str) -> TaskConfig:
+    """A TaskConfig: common keys, and the rest parsed into the type's options dataclass."""
+    common = {f.name for f in dataclasses.fields(TaskConfig)} - {"options"}
+    if "type" not in data:
+        raise ConfigError(f"{_where(prefix.rstrip('.'), origin, default_file)}: missing required key '{prefix}type'")
+    kind = data["type"]
+    try:
+        options_cls = spec(str(kind)).Options
+    except ConfigError as e:
+        raise ConfigError(f"{_where(prefix + 'type', origin, default_file)}: key '{prefix}type': {e}") from None
+    own = {f.name for f in dataclasses.fields(options_cls)}
+    base = {k: v for k, v in data.items() if str(k) in common}
+    rest = {str(k): v for k, v in data.items() if str(k) not in common}
+    for k, default in _LEGACY_TASK_KEYS.items():  # older checkpoints wrote these on every task
+        if k in rest and k not in own and rest[k] == default:
+            del rest[k]
+    for k in rest:
+        if k not in own:
+            valid = sorted(common | own)
+            close = difflib.get_close_matches(k, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{_where(prefix + k, origin, default_file)}: unknown key '{prefix}{k}' "
+                              f"for a {kind} task{hint}")
+    hints = typing.get_type_hints(TaskConfig)
+    kwargs = {k: _convert(hints[k], v, prefix + k, origin, default_file) for k, v in base.items()}
+    kwargs["options"] = from_dict(options_cls, rest, origin, default_file, prefix)
+    return TaskConfig(**kwargs)

@@ -23,8 +23,10 @@ from typing import Any, Optional
 import torch
 
 from ..config import Config, ConfigError, TaskConfig
-from ..engine.evaluate import evaluate, main_metric
-from ..engine.trainer import Trainer, load_trained, pick_amp, pick_device
+from ..engine.evaluate import evaluate, lower_is_better, main_metric
+from ..engine.checkpoint import load_trained
+from ..engine.runtime import pick_amp, pick_device
+from ..engine.trainer import Trainer
 from ..metrics.mtl import delta_m, delta_m_per_task
 from .combos import combo_name, parse_combos, subset_config
 
@@ -71,7 +73,7 @@ def main_metrics(results: Mapping[str, Any], tasks: Mapping[str, TaskConfig]) ->
     """``{task: {"metric": name, "value": float | None}}`` from :func:`evaluate` results."""
     out = {}
     for name, t in tasks.items():
-        key = main_metric(t.type, t.multilabel)
+        key = main_metric(t)
         value = results.get(name, {}).get(key) if isinstance(results.get(name), Mapping) else None
         out[name] = {"metric": key, "value": None if value is None else float(value)}
     return out
@@ -99,7 +101,8 @@ def accuracy_summary(models: Mapping[str, Mapping[str, Optional[float]]], tasks:
         is a fraction (positive: the multi-task model is better on average), 0 for single-task
         models, and None with a ``note`` when a baseline or a value is missing.
     """
-    names = {t: main_metric(c.type, c.multilabel) for t, c in tasks.items()}
+    names = {t: main_metric(c) for t, c in tasks.items()}
+    lower = {t: lower_is_better(c, names[t]) for t, c in tasks.items()}
     singles = {t: models[t].get(t) for t in tasks if t in models}
     combos: dict[str, dict] = {}
     order = {t: i for i, t in enumerate(tasks)}
@@ -109,8 +112,9 @@ def accuracy_summary(models: Mapping[str, Mapping[str, Optional[float]]], tasks:
         entry: dict[str, Any] = {"tasks": combo, "metrics": metrics,
                                  "single": {t: singles.get(t) for t in combo}, "source": (sources or {}).get(name)}
         try:
-            entry["delta_m_per_task"] = delta_m_per_task(metrics, singles)
-            entry["delta_m"] = delta_m(metrics, singles)
+            low = {t: lower[t] for t in combo}
+            entry["delta_m_per_task"] = delta_m_per_task(metrics, singles, low)
+            entry["delta_m"] = delta_m(metrics, singles, low)
         except ValueError as e:
             entry["delta_m_per_task"] = {}
             entry["delta_m"] = None

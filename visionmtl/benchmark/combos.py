@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import Config, ConfigError
 from ..data.collate import Batch
 from ..models.build import build_model
 from ..models.multitask import MultiTaskModel
+from ..tasks import spec
 
 # --------------------------------------------------------------------------------------------
 # Combinations and configs
@@ -92,12 +92,12 @@ def build_combo_model(cfg: Config, combo: Sequence[str], seed: int = 0) -> Multi
 # --------------------------------------------------------------------------------------------
 # Synthetic input
 # --------------------------------------------------------------------------------------------
-def synthetic_batch(cfg: Config, batch: int, imgsz: int, seed: int = 0, max_boxes: int = 4) -> Batch:
+def synthetic_batch(cfg: Config, batch: int, imgsz: int, seed: int = 0) -> Batch:
     """A seeded batch with labels for every task of ``cfg`` (``has`` all true).
 
     Images are standard-normal ``[B, 3, imgsz, imgsz]`` (roughly what normalisation produces);
-    classification gets 1-2 random labels (exactly one for multi-class, or ``attrs[attr]``),
-    detection 1-``max_boxes`` random boxes at least 8 px wide, segmentation a blocky random mask.
+    each task's spec draws its label (classification 1-2 random labels, detection 1-4 random
+    boxes at least 8 px wide, segmentation a blocky random mask, regression random values).
     """
     if imgsz < 32 or imgsz % 32:
         raise ConfigError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
@@ -107,25 +107,8 @@ def synthetic_batch(cfg: Config, batch: int, imgsz: int, seed: int = 0, max_boxe
     images = torch.randn(batch, 3, imgsz, imgsz, generator=g)
     targets: list[dict] = [{} for _ in range(batch)]
     for name, t in cfg.tasks.items():
-        n_cls = len(t.classes)
         for tgt in targets:
-            if t.type == "classification":
-                if t.attr:
-                    tgt.setdefault("attrs", {})[t.attr] = int(torch.randint(n_cls, (1,), generator=g))
-                else:
-                    k = 1 if not t.multilabel else int(torch.randint(1, min(2, n_cls) + 1, (1,), generator=g))
-                    tgt["labels"] = torch.randperm(n_cls, generator=g)[:k].to(torch.int64)
-            elif t.type == "detection":
-                n = int(torch.randint(1, max_boxes + 1, (1,), generator=g))
-                xy = torch.rand(n, 2, generator=g) * (imgsz - 8)
-                wh = 8 + torch.rand(n, 2, generator=g) * (imgsz / 2)
-                x2y2 = torch.minimum(xy + wh, torch.full_like(xy, float(imgsz)))
-                tgt["boxes"] = torch.cat([xy, x2y2], dim=1).to(torch.float32)
-                tgt["box_labels"] = torch.randint(n_cls, (n,), generator=g, dtype=torch.int64)
-            else:
-                cells = max(imgsz // 16, 1)
-                low = torch.randint(n_cls, (1, 1, cells, cells), generator=g).float()
-                tgt["mask"] = nn.functional.interpolate(low, size=(imgsz, imgsz), mode="nearest")[0, 0].to(torch.int64)
+            spec(t).synthetic_target(t, tgt, imgsz, g)
     has = {name: torch.ones(batch, dtype=torch.bool) for name in cfg.tasks}
     meta = [{"path": "<synthetic>", "image_id": i, "dataset": "synthetic", "orig_size": (imgsz, imgsz),
              "input_size": (imgsz, imgsz)} for i in range(batch)]

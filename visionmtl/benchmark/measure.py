@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..engine.trainer import cpu_bf16_fast
+from ..engine.runtime import cpu_bf16_fast
 from ..models.multitask import MultiTaskModel
 
 #: Dense (non-sparse) bf16 tensor-core peaks in TFLOP/s, matched against the CUDA device name.

@@ -55,8 +55,10 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError
-from ..engine.optim import build_optimizer
-from ..engine.trainer import pick_amp, pick_device
+from ..engine.optim import OptimizerSet, build_optimizer
+from ..engine.step import StepParts, train_step
+from ..mtl.methods import build_method
+from ..engine.runtime import pick_amp, pick_device
 from ..models.multitask import MultiTaskModel
 from .combos import build_combo_model, combo_name, parse_combos, subset_config, synthetic_batch
 from .measure import (BF16_PEAK_TFLOPS, PeakMemory, count_flops, cpu_model_name, environment, gpu_bf16_peak_tflops,
@@ -129,10 +131,12 @@ class BenchmarkOptions:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class _Trainable:
-    model: MultiTaskModel
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    weights: dict[str, float]
+    parts: StepParts  # the trainer's own step (engine/step.py) with the config's method
+    tasks: tuple[str, ...]
+
+    def resident_bytes(self) -> int:
+        """Weights plus optimiser state."""
+        return model_bytes(self.parts.net) + sum(optimizer_bytes(o) for o in self.parts.optim.optimizers.values())
 
 
 @dataclass
@@ -171,9 +175,18 @@ class _Bench:
         e.flops = count_flops(model, self.image1)
         if self.opts.train:
             tmodel = build_combo_model(self.cfg, combo, self.opts.seed).to(self.device, memory_format=self.mf).train()
-            opt = build_optimizer(tmodel, self.cfg.train)
+            tc = self.cfg.train
+            weights = {t: self.cfg.tasks[t].weight for t in combo}
+            method = build_method(tc.method.name, list(combo), weights, tc.method.args, tc.method.task_grad_clip)
+            for q in method.parameters():
+                q.data = q.data.to(self.device)
+            optim = OptimizerSet({"all": build_optimizer(tmodel, tc, extra_params=list(method.parameters()))},
+                                 total=10**6, iters_per_epoch=1000, cfg=tc)
             scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-            e.trainable = _Trainable(tmodel, opt, scaler, {t: self.cfg.tasks[t].weight for t in combo})
+            parts = StepParts(model=tmodel, net=tmodel, method=method, optim=optim, scaler=scaler,
+                              autocast=self.autocast, weights=weights, grad_on=tc.method.grad_on,
+                              clip_grad=tc.clip_grad, device=self.device, memory_format=self.mf)
+            e.trainable = _Trainable(parts, combo)
         self.entries[combo] = e
         return e
 
@@ -196,19 +209,9 @@ class _Bench:
                 m.predict(raw, self.sizes)
 
     def train_step(self, trainables: Sequence[_Trainable]) -> None:
+        """The trainer's own step (method, clipping, scaler, schedule) on the synthetic batch."""
         for tr in trainables:
-            with self.autocast():
-                raw = tr.model(self.images)
-            losses = tr.model.loss(raw, self.batch)
-            total = None
-            for key, v in losses.items():
-                task = next(t for t in tr.weights if key.startswith(f"loss_{t}_"))
-                term = tr.weights[task] * v
-                total = term if total is None else total + term
-            tr.scaler.scale(total).backward()
-            tr.scaler.step(tr.optimizer)
-            tr.scaler.update()
-            tr.optimizer.zero_grad(set_to_none=True)
+            train_step(tr.parts, self.batch, tr.tasks)
 
     def timed(self, fn: Callable[[], None]) -> float:
         cuda = self.device.type == "cuda"
@@ -338,7 +341,7 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
             st["mfu"] = st["achieved_tflops"] / peak_tf if (device.type == "cuda" and peak_tf) else None
             row["train"] = st
             if opts.memory:
-                resident = model_bytes(tr.model) + optimizer_bytes(tr.optimizer)
+                resident = tr.resident_bytes()
                 row["train_memory_mb"] = (resident + bench.peak(plans[c]["train"], opts.memory_runs)) / 2**20
         if opts.compare_separate and len(c) == 1:
             sep = {k: copy.deepcopy(row[k]) for k in ("params", "params_m", "gflops", "forward", "forward_predict")}
@@ -371,7 +374,7 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
                 sep["train"] = _stats(times[c]["sep_train"], opts.batch)
                 sep["train_ratio"] = sep["train"]["median_ms"] / row["train"]["median_ms"]
                 if opts.memory:
-                    resident = sum(model_bytes(s.trainable.model) + optimizer_bytes(s.trainable.optimizer) for s in singles)
+                    resident = sum(s.trainable.resident_bytes() for s in singles)
                     sep["train_memory_mb"] = (resident + bench.peak(plans[c]["sep_train"], opts.memory_runs)) / 2**20
                     sep["train_memory_ratio"] = sep["train_memory_mb"] / row["train_memory_mb"]
             row["separate"] = sep

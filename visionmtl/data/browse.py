@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..inference.draw import draw_boxes, draw_labels, draw_mask
+from ..draw import draw_labels
+from ..tasks import spec
 from .loader import build_dataset
 
 
@@ -21,20 +22,13 @@ def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def render_sample(sample: dict, tasks: dict, mean, std) -> np.ndarray:
+    """The sample's image with every task's target drawn by its spec (masks, then boxes, then text)."""
     img = denormalize(sample["image"], mean, std)
     t = sample["target"]
     lines = [f"{sample['meta']['dataset']}: {Path(sample['meta']['path']).name}"]
-    for name, task in tasks.items():
-        if task.type == "segmentation" and "mask" in t:
-            img = draw_mask(img, t["mask"].numpy(), task.classes)
-    for name, task in tasks.items():
-        if task.type == "detection" and "boxes" in t:
-            img = draw_boxes(img, t["boxes"].numpy(), t["box_labels"].numpy(), task.classes)
-        if task.type == "classification":
-            if task.attr and task.attr in t.get("attrs", {}):
-                lines.append(f"{name}: {task.classes[t['attrs'][task.attr]]}")
-            elif not task.attr and "labels" in t:
-                lines.append(f"{name}: " + (", ".join(task.classes[i] for i in t["labels"].tolist()) or "(none)"))
+    for name in sorted(tasks, key=lambda n: spec(tasks[n]).draw_layer):
+        img, more = spec(tasks[name]).draw_target(img, name, tasks[name], t)
+        lines += more
     return draw_labels(img, lines)
 
 

@@ -1,4 +1,4 @@
-"""Batching: pad images to a common size divisible by 32, masks with 255, and record ``has``."""
+"""Batching: pad images to a common size divisible by 32, targets through their task spec, and record ``has``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .dataset import has_label
+from ..tasks import spec
 
 
 @dataclass
@@ -65,6 +64,7 @@ class Collate:
 
     def __init__(self, tasks: dict, mean=IMAGENET_MEAN, std=IMAGENET_STD, size_divisor: int = 32):
         self.tasks = tasks
+        self.kinds = list({spec(t).name: spec(t) for t in tasks.values()}.values())
         self.size_divisor = size_divisor
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
@@ -88,11 +88,10 @@ class Collate:
                 images[i] = self.fill
             images[i, :, :h, :w] = img
             t = dict(s["target"])
-            if "mask" in t:
-                m = t["mask"]
-                t["mask"] = F.pad(m, (0, W - m.shape[1], 0, H - m.shape[0]), value=255)
+            for kind in self.kinds:  # each type pads its own keys (segmentation: masks with 255)
+                kind.collate(t, (H, W))
             targets.append(t)
         images = images.float().sub_(self.mean).mul_(self.inv_std)
-        has = {name: torch.tensor([has_label(task, t) for t in targets], dtype=torch.bool)
+        has = {name: torch.tensor([spec(task).has_label(task, t) for t in targets], dtype=torch.bool)
                for name, task in self.tasks.items()}
         return Batch(images, targets, has, [s["meta"] for s in good], n_bad)

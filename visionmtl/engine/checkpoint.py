@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or does not fit the model/config."""
+
 
 
 def rng_state() -> dict:
@@ -90,3 +90,22 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str = "checkpoin
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise CheckpointError(f"{path}: checkpoint does not match this model's config: " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def load_trained(path: str | os.PathLike, device="cpu"):
+    """(model in eval mode, cfg, checkpoint) from a checkpoint that carries its resolved config.
+
+    The weights are the EMA when the run kept one (:func:`inference_state`); the backbone's
+    ``weights`` setting is ignored (the checkpoint holds them all).
+    """
+    from ..config import config_from_dict
+    from ..models.build import build_model
+
+    ckpt = load_checkpoint(path)
+    if "config" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint has no config")
+    cfg = config_from_dict(ckpt["config"], source=str(path))
+    cfg.model.backbone.weights = "none"
+    model = build_model(cfg)
+    load_model_state(model, inference_state(ckpt), str(path))
+    return model.to(device).eval(), cfg, ckpt

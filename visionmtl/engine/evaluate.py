@@ -14,33 +14,29 @@ from contextlib import nullcontext
 
 import torch
 
-from ..metrics.classification import ClassificationEvaluator
-from ..metrics.detection import CocoDetectionEvaluator
-from ..metrics.segmentation import SegmentationEvaluator
-from ..models.heads.common import rescale_boxes
 from ..models.tta import predict_flip
+from ..tasks import spec
+from ..tasks.detection import detection_gt  # noqa: F401  (older imports)
 
 
 def build_evaluators(tasks: dict) -> dict:
-    ev = {}
-    for name, t in tasks.items():
-        if t.type == "classification":
-            ev[name] = ClassificationEvaluator(t.classes, multilabel=t.multilabel)
-        elif t.type == "detection":
-            ev[name] = CocoDetectionEvaluator(t.classes)
-        else:
-            ev[name] = SegmentationEvaluator(t.classes, ignore_index=255)
-    return ev
+    return {name: spec(t).evaluator(t) for name, t in tasks.items()}
 
 
-def main_metric(task_type: str, multilabel: bool = True) -> str:
-    return {"classification": "mAP" if multilabel else "top1", "detection": "mAP", "segmentation": "mIoU"}[task_type]
+def main_metric(task) -> str:
+    """The task's main metric (its spec's first): cls ``mAP``/``top1``, det ``mAP``, seg ``mIoU``, reg ``MAE``."""
+    return spec(task).main_metric(task)
+
+
+def lower_is_better(task, metric: str) -> bool:
+    return bool(spec(task).metrics(task).get(metric, False))
 
 
 @torch.inference_mode()
 def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: bool = True,
              max_batches: int = 0, flip: bool = False) -> dict:
-    """Return ``{task: metrics}`` with fixed keys (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``).
+    """Return ``{task: metrics}``: each task's spec's evaluator over the images labelled for it
+    (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``, reg ``MAE``/``RMSE``).
 
     ``flip``: merge each batch's predictions with its mirrored copy's (:mod:`visionmtl.models.tta`).
     """
@@ -71,27 +67,9 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
             preds = net.predict(raw, sizes, origs)
         for name, t in tasks.items():
             idx = [i for i, h in enumerate(batch.has[name].tolist()) if h]
-            if not idx:
-                continue
-            p = [preds[i][name] for i in idx]
-            tg = [batch.targets[i] for i in idx]
-            if t.type == "classification":
-                scores = torch.stack([x["scores"] for x in p]).float().cpu()
-                labels = [torch.as_tensor([tgt["attrs"][t.attr]]) if t.attr else tgt["labels"] for tgt in tg]
-                evaluators[name].update(scores, labels)
-            elif t.type == "detection":
-                metas = [batch.meta[i] for i in idx]
-                pd = [{"boxes": x["boxes"].float().cpu(), "scores": x["scores"].float().cpu(),
-                       "labels": x["labels"].cpu()} for x in p]
-                evaluators[name].update(pd, [detection_gt(tgt, m) for tgt, m in zip(tg, metas)])
-            else:
-                pm, gm = [], []
-                for x, tgt, i in zip(p, tg, idx):
-                    h, w = batch.meta[i]["input_size"]
-                    # the input was resized: the untouched mask, else the transformed one unpadded
-                    pm.append(x["mask"].cpu())
-                    gm.append((tgt["mask_orig"] if "mask_orig" in tgt else tgt["mask"][:h, :w]).cpu())
-                evaluators[name].update(pm, gm)
+            if idx:
+                spec(t).update(evaluators[name], t, [preds[i][name] for i in idx], [batch.targets[i] for i in idx],
+                               [batch.meta[i] for i in idx])
     results = {}
     for name, ev in evaluators.items():
         ev.sync()
@@ -102,24 +80,18 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
     return results
 
 
-def detection_gt(target: dict, meta: dict) -> dict:
-    """A target's boxes in original pixels for the COCO evaluator, crowd regions as ``iscrowd``."""
-    boxes = rescale_boxes(target["boxes"].float().cpu(), meta["input_size"], meta["orig_size"])
-    labels = target["box_labels"].cpu()
-    crowd = torch.zeros(len(boxes), dtype=torch.int64)
-    if "crowd_boxes" in target:  # already in original pixels (data/dataset.py)
-        boxes = torch.cat([boxes, target["crowd_boxes"].float().cpu()])
-        labels = torch.cat([labels, target["crowd_labels"].cpu()])
-        crowd = torch.cat([crowd, torch.ones(len(target["crowd_boxes"]), dtype=torch.int64)])
-    return {"boxes": boxes, "box_labels": labels, "iscrowd": crowd}
-
-
 def summary_score(results: dict, tasks: dict, key: str = "auto") -> float:
-    """The number ``best.pt`` is chosen by: ``task.metric`` or the mean of each task's main metric."""
+    """The number ``best.pt`` is chosen by (higher is better): ``task.metric``, or the mean of each
+    task's main metric; a metric where lower is better (regression MAE) counts negated."""
     if key != "auto":
         task, metric = key.split(".", 1)
         v = results.get(task, {}).get(metric)
-        return float(v) if v is not None else float("-inf")
-    vals = [results[n].get(main_metric(t.type, t.multilabel)) for n, t in tasks.items() if n in results]
-    vals = [float(v) for v in vals if v is not None]
+        if v is None:
+            return float("-inf")
+        return -float(v) if task in tasks and lower_is_better(tasks[task], metric) else float(v)
+    vals = []
+    for n, t in tasks.items():
+        v = results.get(n, {}).get(main_metric(t)) if n in results else None
+        if v is not None:
+            vals.append(-float(v) if lower_is_better(t, main_metric(t)) else float(v))
     return sum(vals) / len(vals) if vals else float("-inf")

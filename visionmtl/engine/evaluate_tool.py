@@ -9,7 +9,7 @@ from ..data.loader import build_loader, usable_workers
 from ..models.build import build_model
 from .checkpoint import CheckpointError, inference_state, load_checkpoint, load_model_state
 from .evaluate import evaluate
-from .trainer import pick_amp, pick_device
+from .runtime import pick_amp, pick_device
 
 
 def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str = "val", device: str = "auto") -> dict:

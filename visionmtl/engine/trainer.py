@@ -3,7 +3,7 @@ staged freezing, AMP, DDP, atomic checkpoints, exact resume.
 
 The strategy pieces live in :mod:`visionmtl.mtl` and plug in through small hooks: the method
 (``train.method``) decides how the active tasks' losses or gradients become one update
-(:mod:`visionmtl.mtl.step`), the data stream yields ``(tasks, batch)`` pairs (every labelled
+(:func:`visionmtl.engine.step.train_step`), the data stream yields ``(tasks, batch)`` pairs (every labelled
 task per batch, or one drawn task per step in :mod:`visionmtl.mtl.alternating`), and stages
 (``train.stages``) choose the trained tasks and the frozen parts per epoch.
 """
@@ -12,77 +12,36 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ..config import Config, config_from_dict, save_config
+from ..config import Config, save_config
 from ..data.loader import build_dataset, build_loader
 from ..data.sampler import MultiDataset
 from ..models.build import build_model
 from . import dist
-from .checkpoint import (CheckpointError, inference_state, load_checkpoint, load_model_state, rng_state, save_checkpoint,
-                         set_rng_state)
+from ..errors import ConfigError, NonFiniteLossError
+from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_state, save_checkpoint, set_rng_state
+from .runtime import cpu_bf16_fast, pick_amp, pick_device, seed_everything
+from .step import StepParts, train_step
 from .ema import ModelEMA
 from .evaluate import evaluate, summary_score
 from .logger import RunLogger, plot_curves
 from ..mtl.alternating import TaskStreams, task_parts
 from ..mtl.methods import build_method
-from ..mtl.step import active_tasks, gradient_backward, loss_backward
 from .optim import OptimizerSet, build_optimizer
 
 log = logging.getLogger("visionmtl")
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A task's loss became NaN or infinite; the message names the task and the iteration."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
-
-
-def cpu_bf16_fast() -> bool:
-    """bf16 autocast pays off on CPUs with AMX or AVX512-BF16; elsewhere it is slower than fp32."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
-
-
-def pick_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``train.amp`` on ``device``, or None for fp32."""
-    if mode == "off":
-        return None
-    if device.type == "cuda":
-        if mode == "fp16":
-            return torch.float16
-        if mode == "bf16" or torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16
-    if mode == "fp16":
-        raise ValueError("train.amp: fp16 autocast is for CUDA; use bf16 or off on CPU")
-    if mode == "bf16" or (mode == "auto" and cpu_bf16_fast()):
-        return torch.bfloat16
-    return None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# re-exported: older code imports these from here
+__all__ = ["NonFiniteLossError", "Trainer", "cpu_bf16_fast", "load_trained", "pick_amp", "pick_device", "seed_everything"]
 
 
 class Trainer:
@@ -168,8 +127,6 @@ class Trainer:
         for t in self.cfg.tasks:
             idx = task_parts(self.train_set.parts, t)
             if not idx:
-                from ..config import ConfigError
-
                 raise ConfigError(f"train.mode: alternating: no training dataset labels task '{t}'")
             ds = MultiDataset([self.train_set.parts[i] for i in idx], seed=self.cfg.train.seed)
             loaders[t] = build_loader(self.cfg, "train", ds, ratios=[ratios[i] for i in idx])
@@ -181,8 +138,6 @@ class Trainer:
         extra = list(self.method.parameters())
         if self.alternating and tc.alternating.optimizers == "per_task":
             if extra:
-                from ..config import ConfigError
-
                 raise ConfigError(f"train.method '{tc.method.name}' has learnable weights; use "
                                   "train.alternating.optimizers: shared with it")
             shared = {id(p) for p in self.net.shared_parameters()}
@@ -234,50 +189,24 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def task_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Sum each task's terms: ``loss_<task>_<term>`` -> ``{task: Lₜ}``."""
-        out: dict[str, torch.Tensor] = {}
-        for key, v in losses.items():
-            task = next((t for t in self.cfg.tasks if key.startswith(f"loss_{t}_")), None)
-            if task is None:
-                raise KeyError(f"loss key '{key}' names no configured task")
-            out[task] = out[task] + v if task in out else v
-        return out
-
-    def check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
-        """Every loss term and the total as floats (one device transfer); raise on NaN/inf."""
-        vals = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
-        out = dict(zip(list(losses) + ["loss"], vals))
-        for key, v in out.items():
-            if not math.isfinite(v) and key != "loss":
-                task = next((t for t in self.cfg.tasks if key.startswith(f"loss_{t}_")), "?")
-                raise NonFiniteLossError(f"non-finite loss for task '{task}' ({key}={v}) at iteration {self.iter}")
-        if not math.isfinite(out["loss"]):
-            raise NonFiniteLossError(f"non-finite total loss at iteration {self.iter}")
-        return out
+    def step_parts(self) -> StepParts:
+        """The explicit parts of one optimisation step (engine/step.py), as this trainer holds them."""
+        tc = self.cfg.train
+        return StepParts(model=self.model, net=self.net, method=self.method, optim=self.optim, scaler=self.scaler,
+                         autocast=self.autocast, weights=self.weights, grad_on=tc.method.grad_on,
+                         clip_grad=tc.clip_grad, ema=self.ema, iteration=self.iter, device=self.device,
+                         memory_format=self.memory_format)
 
     def train_step(self, batch, tasks: Optional[list[str]] = None) -> dict[str, float]:
         """One optimisation step on a batch for ``tasks`` (default: the stage's); returns values to log."""
-        batch = batch.to(self.device, memory_format=self.memory_format)
         tasks = list(tasks or self.stage_tasks)
-        active = active_tasks(batch, tasks)
-        backward = gradient_backward if self.method.needs_grads else loss_backward
-        out = backward(self, batch, tasks, active)
-        if self.cfg.train.clip_grad > 0:
-            self.optim.unscale(self.scaler, tasks[0] if len(tasks) == 1 else None)
-            torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.grad is not None], self.cfg.train.clip_grad)
-        self.optim.step(self.scaler, tasks[0] if len(tasks) == 1 else None)
-        if self.ema is not None:
-            self.ema.update(self.net)
-        for t in active:
-            self._epoch_loss[t] = self._epoch_loss.get(t, 0.0) + self._task_value(out, t)
+        vals, per_task = train_step(self.step_parts(), batch, tasks)
+        for t, v in per_task.items():
+            self._epoch_loss[t] = self._epoch_loss.get(t, 0.0) + v
             self._epoch_count[t] = self._epoch_count.get(t, 0) + 1
             self.task_steps[t] += 1
             self.task_images[t] += len(batch)
-        return out
-
-    def _task_value(self, vals: dict[str, float], task: str) -> float:
-        return sum(v for k, v in vals.items() if k.startswith(f"loss_{task}_"))
+        return vals
 
     def _end_epoch_losses(self) -> None:
         """Epoch-mean unweighted loss per task (reduced over ranks) -> the method's ``epoch_end``."""
@@ -402,24 +331,12 @@ class Trainer:
 
 
 def _fmt(metrics: dict, tasks: dict) -> str:
-    from .evaluate import main_metric
+    from ..tasks import spec
 
     parts = []
     for n, t in tasks.items():
         if n in metrics:
             m = metrics[n]
-            keys = [main_metric(t.type, t.multilabel)] + (["mAP50"] if t.type == "detection" else [])
+            keys = spec(t).log_metrics(t)
             parts.append(f"{n}: " + " ".join(f"{k}={m.get(k, float('nan')):.4f}" for k in keys if m.get(k) is not None))
     return " | ".join(parts)
-
-
-def load_trained(path: str, device="cpu"):
-    """(model, cfg, checkpoint) from a checkpoint that carries its resolved config."""
-    ckpt = load_checkpoint(path)
-    if "config" not in ckpt:
-        raise CheckpointError(f"{path}: checkpoint has no config")
-    cfg = config_from_dict(ckpt["config"], source=str(path))
-    cfg.model.backbone.weights = "none"
-    model = build_model(cfg)
-    load_model_state(model, inference_state(ckpt), str(path))
-    return model.to(device).eval(), cfg, ckpt

@@ -16,7 +16,8 @@ Boxes are in original pixel coordinates. RLE is COCO's (``pycocotools.mask.encod
 major) with ``counts`` as str: ``pycocotools.mask.decode({"size": ..., "counts": c.encode()})``
 gives the binary mask back.
 
-For image sets, :class:`CocoResultsWriter` writes ``coco_results.json`` (bbox results:
+Each task's part of a record is its spec's ``record`` (visionmtl/tasks/). For image sets,
+:class:`CocoResultsWriter` writes ``coco_results.json`` (detection: bbox results:
 ``image_id``, ``category_id`` = class index + 1, ``bbox`` xywh, ``score``) and a matching
 ``coco_images.json`` (``images`` / ``categories`` / empty ``annotations``) so the results load
 with ``COCO(coco_images.json).loadRes(coco_results.json)``; to evaluate, add ground-truth
@@ -29,11 +30,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional, Sequence
+from typing import IO, Any, Callable, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from ..rle import mask_to_rle, rle_to_mask  # noqa: F401  (re-exported)
+from ..tasks import spec
 
 log = logging.getLogger("visionmtl")
 
@@ -41,49 +44,21 @@ __all__ = ["mask_to_rle", "rle_to_mask", "result_to_record", "JsonlWriter", "Coc
            "open_video_writer"]
 
 
-def mask_to_rle(mask: np.ndarray, classes: Sequence[str], skip: Sequence[int] = ()) -> list[dict]:
-    """One COCO RLE per class present in a class-index mask (``counts`` as str)."""
-    mask = np.asarray(mask)
-    counts = np.bincount(mask.reshape(-1).astype(np.int64), minlength=1)
-    fmask = np.asfortranarray(mask)  # comparisons keep the column-major layout pycocotools needs
-    out = []
-    for c in np.flatnonzero(counts):
-        c = int(c)
-        if c in skip or c == 255:
-            continue
-        rle = mask_utils.encode((fmask == c).view(np.uint8))
-        out.append({"label": classes[c] if c < len(classes) else str(c), "label_id": c, "area": int(counts[c]),
-                    "rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}})
-    return out
-
-
-def rle_to_mask(segments: Sequence[Mapping], size: tuple[int, int], fill: int = 0) -> np.ndarray:
-    """Rebuild a class-index mask ``[h, w]`` from :func:`mask_to_rle` segments."""
-    mask = np.full(size, fill, np.uint8)
-    for s in segments:
-        m = mask_utils.decode({"size": list(s["rle"]["size"]), "counts": s["rle"]["counts"].encode("ascii")})
-        mask[m.astype(bool)] = s["label_id"]
-    return mask
-
-
-def _f(values: Any, nd: int = 2) -> list:
-    return np.round(np.asarray(values, np.float64), nd).tolist()
-
-
 def result_to_record(result: Mapping[str, Mapping[str, np.ndarray]], tasks: Mapping[str, Any], index: int, name: str,
                      size: tuple[int, int], image_id: Optional[int] = None, frame_time: Optional[float] = None,
-                     mask_format: str = "rle", mask_path: Optional[str] = None, is_frame: bool = False) -> dict:
+                     save_mask: Optional[Callable[[str, np.ndarray], str]] = None, is_frame: bool = False) -> dict:
     """A JSON-serialisable record of one prediction (see the module docstring).
 
     Args:
         result: ``{task: {...}}`` with numpy arrays, as returned by ``Predictor``.
-        tasks: task name -> TaskConfig (``type``, ``classes``).
+        tasks: task name -> TaskConfig; each task's part comes from its spec's ``record``.
         index: frame / image index in the source.
         name: file or source name.
         size: original ``(height, width)``.
         image_id: COCO image id (image sets).
         frame_time: seconds from the start (videos with a known frame rate).
-        mask_format: ``rle`` (inline) or ``png`` (``mask_path`` is recorded; the caller writes it).
+        save_mask: ``(task, mask) -> relative path``: write masks as PNG files and record the
+            path (``--mask-format png``); default inline RLE.
         is_frame: a video frame: ``frame`` (= index) is recorded, and ``time`` when known.
     """
     h, w = size
@@ -96,29 +71,8 @@ def result_to_record(result: Mapping[str, Mapping[str, np.ndarray]], tasks: Mapp
         rec["time"] = round(float(frame_time), 4)
     for tname, r in result.items():
         t = tasks[tname]
-        classes = list(t.classes)
-        name_of = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
-        if t.type == "detection":
-            labels = np.asarray(r["labels"], np.int64).reshape(-1)
-            out = {"type": t.type, "boxes": _f(np.asarray(r["boxes"]).reshape(-1, 4)), "scores": _f(r["scores"], 4),
-                   "labels": [name_of(int(c)) for c in labels], "label_ids": labels.tolist()}
-            if "track_ids" in r:
-                out["track_ids"] = np.asarray(r["track_ids"], np.int64).reshape(-1).tolist()
-        elif t.type == "classification":
-            probs = np.asarray(r["probs"], np.float64).reshape(-1)
-            labels = np.asarray(r["labels"], np.int64).reshape(-1)
-            out = {"type": t.type, "labels": [name_of(int(c)) for c in labels], "label_ids": labels.tolist(),
-                   "probs": {name_of(i): round(float(p), 4) for i, p in enumerate(probs)}}
-        elif t.type == "segmentation":
-            mask = np.asarray(r["mask"])
-            out = {"type": t.type, "size": [int(mask.shape[0]), int(mask.shape[1])]}
-            if mask_format == "png":
-                out["png"] = mask_path
-            else:
-                out["segments"] = mask_to_rle(mask, classes)
-        else:
-            continue
-        rec[tname] = out
+        saver = (lambda m, _n=tname: save_mask(_n, m)) if save_mask is not None else (lambda m: None)
+        rec[tname] = spec(t).record(t, r, saver)
     return rec
 
 
@@ -149,30 +103,26 @@ class JsonlWriter:
 
 
 class CocoResultsWriter:
-    """Collect COCO bbox results of one detection task over an image set.
+    """Collect COCO results of one task over an image set (``spec.coco_results`` per image).
 
-    ``close()`` writes ``results_path`` (a list of ``{image_id, category_id, bbox, score}``)
-    and ``images_path`` (``{"images", "categories", "annotations": []}``). Category ids are
-    the task's class index + 1; image ids are the image's position in the set + 1.
+    ``close()`` writes ``results_path`` (a list of ``{image_id, category_id, bbox | segmentation,
+    score}``) and ``images_path`` (``{"images", "categories", "annotations": []}``). Category ids
+    are the task's class index + 1; image ids are the image's position in the set + 1.
     """
 
-    def __init__(self, results_path: str | os.PathLike, images_path: str | os.PathLike, classes: Sequence[str]) -> None:
+    def __init__(self, results_path: str | os.PathLike, images_path: str | os.PathLike, task: Any) -> None:
         self.results_path = Path(results_path)
         self.images_path = Path(images_path)
-        self.classes = list(classes)
+        self.task = task
+        self.classes = list(task.classes)
         self.images: list[dict] = []
         self.results: list[dict] = []
 
-    def add(self, image_id: int, file_name: str, size: tuple[int, int], det: Mapping[str, np.ndarray]) -> None:
-        """Record one image (``size`` = (h, w)) and its detections (xyxy, original pixels)."""
+    def add(self, image_id: int, file_name: str, size: tuple[int, int], result: Mapping[str, np.ndarray]) -> None:
+        """Record one image (``size`` = (h, w)) and its results (original pixels)."""
         h, w = size
         self.images.append({"id": int(image_id), "file_name": file_name, "height": int(h), "width": int(w)})
-        boxes = np.asarray(det["boxes"], np.float64).reshape(-1, 4)
-        for b, s, c in zip(boxes, np.asarray(det["scores"]).reshape(-1), np.asarray(det["labels"]).reshape(-1)):
-            self.results.append({"image_id": int(image_id), "category_id": int(c) + 1,
-                                 "bbox": [round(float(b[0]), 2), round(float(b[1]), 2),
-                                          round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
-                                 "score": round(float(s), 5)})
+        self.results += spec(self.task).coco_results(self.task, image_id, result) or []
 
     def close(self) -> tuple[Path, Path]:
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +130,18 @@ class CocoResultsWriter:
               "images": self.images,
               "categories": [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(self.classes)],
               "annotations": []}
-        self.images_path.write_text(json.dumps(gt))
-        self.results_path.write_text(json.dumps(self.results))
+        _write_atomic(self.images_path, json.dumps(gt))
+        _write_atomic(self.results_path, json.dumps(self.results))
         if not self.results:
-            log.warning("%s: no detections; note that pycocotools' loadRes cannot load an empty results list",
+            log.warning("%s: no results; note that pycocotools' loadRes cannot load an empty results list",
                         self.results_path)
         return self.results_path, self.images_path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

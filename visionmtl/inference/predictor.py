@@ -21,7 +21,7 @@ import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -29,8 +29,10 @@ import torch
 
 from ..config import Config, ConfigError
 from ..data.base import read_image
-from ..engine.trainer import load_trained, pick_amp, pick_device
+from ..engine.checkpoint import load_trained
+from ..engine.runtime import pick_amp, pick_device
 from ..models.tta import merge_flip
+from ..tasks import spec
 
 __all__ = ["PreparedBatch", "Predictor", "parse_tasks", "to_rgb_uint8"]
 
@@ -69,8 +71,8 @@ def parse_tasks(tasks: Optional[Union[str, Sequence[str]]], cfg: Config) -> list
             continue
         if w in cfg.tasks:
             names = [w]
-        else:  # a head type ("detection") names every task of that type
-            names = [n for n, t in cfg.tasks.items() if t.type == w]
+        else:  # a task type ("detection") names every task of that type
+            names = [n for n, t in cfg.tasks.items() if spec(t).name == w]
         if not names:
             have = ", ".join(f"{n} ({t.type})" for n, t in cfg.tasks.items())
             raise ConfigError(f"--tasks: the checkpoint has no head '{w}'; it has: {have}")
@@ -111,8 +113,9 @@ class Predictor:
         tasks: task names (or head types) to run, default all; ``"cls,det"`` or a list.
         conf: detection score threshold of the results.
         imgsz: longest input side (default ``cfg.data.eval_size``: ``eval_img_size``, else ``img_size``).
-        half: fp16 autocast on CUDA, bf16 on CPU; otherwise autocast follows the trainer's
-            ``auto`` rule (bf16 on CUDA, and on CPUs with AMX / AVX512-BF16; fp32 elsewhere).
+        half: fp16 autocast on CUDA, bf16 on CPU. Otherwise CUDA follows the trainer's ``auto``
+            rule (bf16 where supported) and a CPU runs fp32, so results on a CPU do not depend on
+            whether it has AMX / AVX512-BF16.
         channels_last: run the model in channels-last memory format.
         batch_size: images per forward pass when called with a list.
         flip: horizontal-flip test-time augmentation (the model runs on each batch and its
@@ -139,8 +142,8 @@ class Predictor:
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         if half:
             self.amp_dtype = pick_amp("fp16" if self.device.type == "cuda" else "bf16", self.device)
-        else:
-            self.amp_dtype = pick_amp("auto", self.device)
+        else:  # a CPU's result must not depend on which CPU ran it: bf16 there only with half
+            self.amp_dtype = pick_amp("auto", self.device) if self.device.type == "cuda" else None
         aug = cfg.data.augment
         self.mean = torch.tensor(aug.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(aug.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0)
@@ -242,32 +245,17 @@ class Predictor:
         merged = None
         if isinstance(raw, FlipRaw):  # detection candidates below thr never reach NMS
             merged = merge_flip(self.model.heads, raw, raw.mirror, raw.width, batch.input_sizes, batch.orig_sizes,
-                                min_score=thr)
+                                min_score=thr, types={n: t.type for n, t in self.tasks.items()})
         for name in self.task_names:
-            ttype = self.tasks[name].type
-            head = self.model.heads[name]
+            task = self.tasks[name]
+            kind = spec(task)
             if merged is not None:
                 preds = [m[name] for m in merged]
-            elif ttype == "detection":  # candidates below thr never reach NMS
-                preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes, min_score=thr)
-            else:
-                preds = head.predict(raw[name], batch.input_sizes, batch.orig_sizes)
+            else:  # detection candidates below thr never reach NMS
+                preds = kind.predict(self.model.heads[name], raw[name], batch.input_sizes, batch.orig_sizes,
+                                     min_score=thr)
             for i, p in enumerate(preds):
-                if ttype == "detection":
-                    keep = p["scores"] >= thr
-                    results[i][name] = {"boxes": p["boxes"][keep].float().cpu().numpy(),
-                                        "scores": p["scores"][keep].float().cpu().numpy(),
-                                        "labels": p["labels"][keep].cpu().numpy()}
-                elif ttype == "classification":
-                    results[i][name] = {"probs": p["probs"].float().cpu().numpy(),
-                                        "scores": p["scores"].float().cpu().numpy(),
-                                        "labels": p["labels"].cpu().numpy()}
-                elif ttype == "segmentation":
-                    m = p["mask"]
-                    m = m.to(torch.uint8) if len(self.tasks[name].classes) <= 255 else m
-                    results[i][name] = {"mask": m.cpu().numpy()}
-                else:
-                    results[i][name] = {k: v.cpu().numpy() for k, v in p.items()}
+                results[i][name] = kind.to_numpy(task, p, thr)
         return results
 
     # ----------------------------------------------------------------------------------------
@@ -289,17 +277,3 @@ class Predictor:
         for k in range(0, len(arrays), self.batch_size):
             out += self.predict_batch(arrays[k: k + self.batch_size])
         return out[0] if single else out
-
-    def stream(self, source: Any, batch: int = 1, track: bool = False, track_buffer: int = 30,
-               max_frames: Optional[int] = None) -> Iterator[tuple[int, np.ndarray, dict]]:
-        """Yield ``(frame_index, frame RGB, result)`` over a source spec or ``Source`` object.
-
-        Decoding and preprocessing run in a background thread (see
-        :func:`visionmtl.inference.video.predict_stream`); with ``track`` detection results
-        carry ``track_ids``.
-        """
-        from .video import predict_stream
-
-        for frame, result in predict_stream(self, source, batch=batch, track=track, track_buffer=track_buffer,
-                                            max_frames=max_frames):
-            yield frame.index, frame.image, result

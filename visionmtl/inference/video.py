@@ -40,6 +40,7 @@ from .outputs import VIDEO_CODECS
 from .predictor import PreparedBatch, Predictor
 from .sources import Frame, Source, open_source
 from .stages import END, POLL, STAGES, WINDOW, StageTimer
+from ..tasks import spec
 from .track import ByteTracker
 from .writer import Writer, check_display
 
@@ -188,7 +189,7 @@ class _ModelWorker(_Stage):
 def _make_trackers(predictor: Predictor, track_buffer: int) -> dict[str, ByteTracker]:
     low = min(0.1, predictor.conf)
     return {n: ByteTracker(track_thresh=max(predictor.conf, low), low_thresh=low, track_buffer=track_buffer)
-            for n, t in predictor.tasks.items() if t.type == "detection"}
+            for n, t in predictor.tasks.items() if spec(t).trackable}
 
 
 def _apply_tracking(result: dict, trackers: dict[str, ByteTracker], conf: float) -> None:
@@ -263,6 +264,18 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
 
 
 # --------------------------------------------------------------------------------------------
+def stream(predictor: Predictor, source: Any, batch: int = 1, track: bool = False, track_buffer: int = 30,
+           max_frames: Optional[int] = None) -> Iterator[tuple[int, np.ndarray, dict]]:
+    """Yield ``(frame_index, frame RGB, result)`` over a source spec or ``Source`` object.
+
+    Decoding and preprocessing run in a background thread (:func:`predict_stream`); with
+    ``track`` detection results carry ``track_ids``.
+    """
+    for frame, result in predict_stream(predictor, source, batch=batch, track=track, track_buffer=track_buffer,
+                                        max_frames=max_frames):
+        yield frame.index, frame.image, result
+
+
 def run_video(predictor: Predictor, source: Any, out_dir: Optional[str | os.PathLike] = None, *, batch: int = 1,
               draw: bool = True, save_json: bool = False, show: bool = False, track: bool = False,
               track_buffer: int = 30, max_frames: Optional[int] = None, mask_format: str = "rle",

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -18,9 +18,12 @@ from ..config import ConfigError
 from ..data.errors import DataError
 from .draw import draw_result
 from .outputs import CocoResultsWriter, JsonlWriter, open_video_writer, result_to_record
-from .predictor import Predictor
 from .sources import Frame, SourceInfo
+from ..tasks import spec
 from .stages import END, POLL, WINDOW, StageTimer
+
+if TYPE_CHECKING:  # the writer only reads predictor.tasks; no import cycle with video.py
+    from .predictor import Predictor
 
 
 def check_display() -> None:
@@ -62,12 +65,13 @@ class Writer(threading.Thread):
         self._names: set[str] = set()
         if save_json:
             self.jsonl = JsonlWriter(out_dir / "predictions.jsonl")
-            dets = [n for n, t in predictor.tasks.items() if t.type == "detection"]
+            # one COCO results file per task whose type has COCO results (detection: bbox)
+            coco = [n for n, t in predictor.tasks.items() if spec(t).coco_iou_type]
             if not info.is_video:
-                for n in dets:
-                    sfx = "" if len(dets) == 1 else f"_{n}"
+                for n in coco:
+                    sfx = "" if len(coco) == 1 else f"_{n}"
                     self.coco[n] = CocoResultsWriter(out_dir / f"coco_results{sfx}.json",
-                                                     out_dir / f"coco_images{sfx}.json", predictor.tasks[n].classes)
+                                                     out_dir / f"coco_images{sfx}.json", predictor.tasks[n])
 
     # -- producer side ------------------------------------------------------------------------
     def put(self, item: Any) -> None:
@@ -156,19 +160,19 @@ class Writer(threading.Thread):
         h, w = frame.image.shape[:2]
         video = self.info.is_video
         image_id = None if video else frame.index + 1
-        mask_path = None
-        if self.mask_format == "png":
-            for name, r in result.items():
-                if self.predictor.tasks[name].type == "segmentation":
-                    stem = f"{self.info.stem}_{frame.index:06d}" if video else \
-                        os.path.splitext(os.path.basename(frame.name))[0] + f"_{frame.index:06d}"
-                    rel = f"masks/{stem}_{name}.png"
-                    (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(self.out_dir / rel), np.asarray(r["mask"]).astype(np.uint8))
-                    mask_path = rel
+        stem = f"{self.info.stem}_{frame.index:06d}" if video else \
+            os.path.splitext(os.path.basename(frame.name))[0] + f"_{frame.index:06d}"
+
+        def save_mask(task: str, mask: np.ndarray) -> str:
+            rel = f"masks/{stem}_{task}.png"
+            (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(self.out_dir / rel), np.asarray(mask).astype(np.uint8)):
+                raise DataError(str(self.out_dir / rel), "cannot write the mask PNG")
+            return rel
+
         frame_time = frame.index / self.info.fps if video and self.info.fps else None
         rec = result_to_record(result, self.predictor.tasks, frame.index, frame.name, (h, w), image_id=image_id,
-                               frame_time=frame_time, mask_format=self.mask_format, mask_path=mask_path,
+                               frame_time=frame_time, save_mask=save_mask if self.mask_format == "png" else None,
                                is_frame=video)
         self.jsonl.write(rec)
         for name, writer in self.coco.items():

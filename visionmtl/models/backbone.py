@@ -36,6 +36,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
+from ..errors import WeightsError
+
 __all__ = ["BACKBONE_NAMES", "LEVEL_STRIDES", "Backbone", "LastLevelConvs", "WeightsError", "load_backbone_state_dict"]
 
 #: torchvision model builders accepted as ``name``.
@@ -72,8 +74,6 @@ _NORMS = ("bn", "frozen_bn", "gn")
 _STRIP_PREFIXES = ("module.", "backbone.", "body.")
 
 
-class WeightsError(RuntimeError):
-    """Backbone weights could not be obtained or did not fit the network."""
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:

@@ -20,27 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from .heads.classification import ClassificationHead
-from .heads.common import hw_list, rescale_boxes
-from .heads.detection import DetectionHead
-from .heads.segmentation import SegmentationHead
+from ..tasks import spec
+from .heads.common import hw_list
 
 __all__ = ["merge_flip", "predict_flip"]
-
-
-def _merge_detections(a: Mapping[str, Tensor], b: Mapping[str, Tensor], width: int, size: tuple[int, int],
-                      head: DetectionHead) -> dict[str, Tensor]:
-    bx = b["boxes"]
-    mirrored = torch.stack([width - bx[:, 2], bx[:, 1], width - bx[:, 0], bx[:, 3]], dim=1)
-    boxes = torch.cat([a["boxes"], clip_boxes_to_image(mirrored, size)])
-    scores = torch.cat([a["scores"], b["scores"]])
-    labels = torch.cat([a["labels"], b["labels"]])
-    keep = remove_small_boxes(boxes, 1e-2)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = batched_nms(boxes, scores, labels, head.nms_thresh)[: head.max_det]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
 @torch.no_grad()
@@ -62,17 +46,21 @@ def predict_flip(net: torch.nn.Module, images: Tensor, image_sizes: Sequence | T
     """
     forward = forward or net
     raw, raw_m = forward(images), forward(images.flip(-1))
-    return merge_flip(net.heads, raw, raw_m, images.shape[-1], image_sizes, orig_sizes)
+    return merge_flip(net.heads, raw, raw_m, images.shape[-1], image_sizes, orig_sizes, types=net.task_types)
 
 
 def merge_flip(heads: Mapping[str, torch.nn.Module], raw: Mapping, raw_m: Mapping, width: int,
                image_sizes: Sequence | Tensor, orig_sizes: Sequence | Tensor | None = None,
-               min_score: float | None = None) -> list[dict[str, dict[str, Tensor]]]:
+               min_score: float | None = None, types: Mapping[str, str] | None = None
+               ) -> list[dict[str, dict[str, Tensor]]]:
     """Merge the raw outputs of a batch (``raw``) and of its mirror (``raw_m``) per image.
 
-    ``width`` is the padded canvas width; the tasks are those present in ``raw``. ``min_score``
-    is passed to the detection heads (see ``DetectionHead.predict``).
+    ``width`` is the padded canvas width; the tasks are those present in ``raw``; each task's
+    type spec merges its own outputs (``types``: task -> type name, as ``model.task_types``
+    records them). ``min_score`` is passed to the detection heads (``DetectionHead.predict``).
     """
+    if types is None:
+        raise TypeError("merge_flip needs types: task -> type name (model.task_types)")
     b = len(image_sizes)
     sizes = hw_list(image_sizes, b)
     origs = hw_list(orig_sizes, b)
@@ -80,23 +68,6 @@ def merge_flip(heads: Mapping[str, torch.nn.Module], raw: Mapping, raw_m: Mappin
     for task, head in heads.items():
         if task not in raw:
             continue
-        if isinstance(head, DetectionHead):
-            plain = head.predict(raw[task], sizes, min_score=min_score)
-            # the mirrored image sits at the right of the canvas: decode over the full width
-            mirrored = head.predict(raw_m[task], [(h, width) for h, _ in sizes], min_score=min_score)
-            for i in range(b):
-                det = _merge_detections(plain[i], mirrored[i], width, sizes[i], head)
-                if origs is not None and origs[i] != sizes[i]:
-                    det["boxes"] = clip_boxes_to_image(rescale_boxes(det["boxes"], sizes[i], origs[i]), origs[i])
-                results[i][task] = det
-            continue
-        if isinstance(head, SegmentationHead):
-            p = raw[task]["logits"].float().softmax(1) + raw_m[task]["logits"].float().flip(-1).softmax(1)
-            merged = {"logits": (p / 2).clamp_min(1e-12).log()}
-        elif isinstance(head, ClassificationHead):
-            merged = {"logits": (raw[task]["logits"].float() + raw_m[task]["logits"].float()) / 2}
-        else:
-            raise TypeError(f"task '{task}': flip test-time augmentation does not know {type(head).__name__}")
-        for i, r in enumerate(head.predict(merged, sizes, origs)):
+        for i, r in enumerate(spec(types[task]).merge_flip(head, raw[task], raw_m[task], width, sizes, origs, min_score)):
             results[i][task] = r
     return results

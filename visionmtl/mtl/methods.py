@@ -2,7 +2,7 @@
 
 Loss weighting methods (:mod:`visionmtl.mtl.weighting`) turn the active tasks' losses into one
 total; gradient methods (:mod:`visionmtl.mtl.gradient`) turn the Gram matrix of the active
-tasks' gradients into coefficients of the combined gradient. :mod:`visionmtl.mtl.step` runs the
+tasks' gradients into coefficients of the combined gradient. :mod:`visionmtl.engine.step` runs the
 backward pass each family needs.
 """
 
@@ -12,21 +12,15 @@ import difflib
 import inspect
 from typing import Any, Mapping, Sequence
 
+from ..errors import ConfigError
 from .gradient import GRADIENT_METHODS
+from .names import METHOD_NAMES, is_gradient_method  # noqa: F401  (re-exported)
 from .weighting import WEIGHTINGS
-
-METHOD_NAMES: tuple[str, ...] = tuple(WEIGHTINGS) + tuple(GRADIENT_METHODS)
-
-
-def is_gradient_method(name: str) -> bool:
-    return name in GRADIENT_METHODS
 
 
 def build_method(name: str, tasks: Sequence[str], weights: Mapping[str, float] | None = None,
                  args: Mapping[str, Any] | None = None, task_grad_clip: float = 0.0):
     """The method ``name`` for ``tasks``; ``args`` are checked against its constructor."""
-    from ..config import ConfigError
-
     cls = WEIGHTINGS.get(name) or GRADIENT_METHODS.get(name)
     if cls is None:
         close = difflib.get_close_matches(name, METHOD_NAMES, n=1)

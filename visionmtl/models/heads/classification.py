@@ -24,7 +24,7 @@ class ClassificationHead(nn.Module):
     """Globally pooled feature maps (``c5`` by default) -> Linear -> ReLU -> (Dropout) -> Linear.
 
     Args:
-        task: task name, used in loss keys (``loss_<task>_cls``).
+        task: task name (for messages); the loss term is ``cls``.
         in_channels: channels of the pooled level: an int for a single level, or a mapping
             ``{level: channels}`` naming every level (then ``levels`` defaults to its keys).
         num_classes: number of classes ``C``.
@@ -157,10 +157,10 @@ class ClassificationHead(nn.Module):
             has: bool ``[B]``.
 
         Returns:
-            ``{"loss_<task>_cls": scalar float32}``; ``logits.sum() * 0`` when no image has the label.
+            ``{"cls": scalar float32}``; ``logits.sum() * 0`` when no image has the label.
         """
         logits = raw["logits"]
-        key = f"loss_{self.task}_cls"
+        key = "cls"
         idx = [i for i, h in enumerate(has.tolist()) if h]
         if not idx:
             return {key: logits.sum() * 0}

@@ -63,7 +63,7 @@ class DetectionHead(nn.Module):
     """FCOS detection head.
 
     Args:
-        task: task name, used in loss keys ``loss_<task>_{cls,box,ctr}``.
+        task: task name (for messages); the loss terms are ``cls``, ``box``, ``ctr``.
         in_channels: channels of every input level.
         num_classes: number of object classes ``C``.
         strides: stride of each level; ``None`` derives ``2**k`` from level names ``pk``
@@ -305,9 +305,9 @@ class DetectionHead(nn.Module):
             has: bool ``[B]``.
 
         Returns:
-            float32 scalars ``loss_<task>_cls`` (focal, sum / max(1, #positives)),
-            ``loss_<task>_box`` (centerness-weighted GIoU, ``box_loss_weight`` applied) and
-            ``loss_<task>_ctr`` (BCE on positives, when ``quality == "centerness"``). Box and
+            float32 scalars ``cls`` (focal, sum / max(1, #positives)),
+            ``box`` (centerness-weighted GIoU, ``box_loss_weight`` applied) and
+            ``ctr`` (BCE on positives, when ``quality == "centerness"``). Box and
             centerness losses are ``0 * sum(...)`` when there is no positive; all are when no
             image has the label.
         """
@@ -317,7 +317,7 @@ class DetectionHead(nn.Module):
         points = raw["points"]
         level_sizes = raw["level_sizes"].tolist()
         device = cls_logits.device
-        k_cls, k_box, k_ctr = (f"loss_{self.task}_{t}" for t in ("cls", "box", "ctr"))
+        k_cls, k_box, k_ctr = "cls", "box", "ctr"
 
         idx = [i for i, h in enumerate(has.tolist()) if h]
         labels_t, reg_t = [], []

@@ -22,7 +22,7 @@ The stem's edges sharpen boundaries and corners that stride-4 logits round off.
 classes present in the batch so a small shape counts as much as the background:
 ``"lovasz"`` is the Lovasz-softmax loss (Berman et al., CVPR 2018), a convex surrogate of
 per-class IoU, i.e. of mIoU itself; ``"dice"`` is the soft Dice loss. Both are weighted by
-``region_weight`` and reported as ``loss_<task>_lovasz`` / ``loss_<task>_dice``.
+``region_weight`` and reported as the terms ``lovasz`` / ``dice``.
 
 ``ohem_thresh`` (> 0) switches the cross-entropy to online hard example mining over pixels, as
 MMSegmentation's ``OHEMPixelSampler``: only pixels whose predicted probability of their true
@@ -135,7 +135,7 @@ class SegmentationHead(nn.Module):
     """Semantic segmentation head.
 
     Args:
-        task: task name, used in the loss key ``loss_<task>_ce``.
+        task: task name (for messages); the loss term is ``ce``.
         in_channels: channels of the input levels: one int for all, or ``{level: channels}``.
         num_classes: number of classes ``C``.
         levels: feature keys read, finest first (default per ``kind``, see module docstring).
@@ -274,14 +274,14 @@ class SegmentationHead(nn.Module):
             has: bool ``[B]``.
 
         Returns:
-            ``{"loss_<task>_ce": scalar float32}``: mean over non-ignored pixels of the labelled
+            ``{"ce": scalar float32}``: mean over non-ignored pixels of the labelled
             images (logits bilinearly upsampled to the mask size); ``0 * logits.sum()`` when none.
-            With ``region_loss``, also ``loss_<task>_<region_loss>`` over the same pixels,
+            With ``region_loss``, also the term ``<region_loss>`` over the same pixels,
             times ``region_weight``.
         """
         logits = raw["logits"]
-        key = f"loss_{self.task}_ce"
-        rkey = f"loss_{self.task}_{self.region_loss}"
+        key = "ce"
+        rkey = str(self.region_loss)
         idx = [i for i, h in enumerate(has.tolist()) if h]
         if not idx:
             zero = logits.sum() * 0

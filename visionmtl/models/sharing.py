@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models.heads.common import group_norm
-from ..models.multitask import MultiTaskModel
+from .heads.common import group_norm
+from .multitask import MultiTaskModel
 
 __all__ = ["PrivateAdapter", "SoftSharedModel", "TaskAttention", "build_adapters", "soft_penalty"]
 

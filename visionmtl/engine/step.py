@@ -1,4 +1,6 @@
-"""One training step's backward pass, for each family of balancing method.
+"""The training step: a plain function of explicit parts that the trainer and
+``tools/benchmark.py --train`` both call (:func:`train_step`), and its backward pass for each
+family of balancing method.
 
 :func:`loss_backward` (fixed, uncertainty, DWA, RLW, smooth Tchebycheff): one forward, the
 method turns the active tasks' losses into a total, one backward — the cost of joint training.
@@ -26,13 +28,98 @@ finds overflows and skips those steps.
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
-from ..engine import dist
+from ..errors import NonFiniteLossError
+from . import dist
+
+__all__ = ["StepParts", "active_tasks", "check_finite", "flat_losses", "gradient_backward", "loss_backward",
+           "task_totals", "train_step"]
+
+
+@dataclass
+class StepParts:
+    """What one optimisation step needs, passed explicitly (the trainer and the benchmark build it).
+
+    ``model`` is what the forward calls (the DDP wrapper or ``net``); ``net`` the plain
+    ``MultiTaskModel`` (losses, parameter groups); ``method`` a balancing method
+    (:mod:`visionmtl.mtl`); ``optim`` an :class:`~visionmtl.engine.optim.OptimizerSet`;
+    ``scaler`` a GradScaler (disabled unless fp16); ``autocast`` a context factory; ``weights``
+    the configured task weights; ``ema`` an optional :class:`~visionmtl.engine.ema.ModelEMA`.
+    """
+
+    model: torch.nn.Module
+    net: Any
+    method: Any
+    optim: Any
+    scaler: Any
+    autocast: Callable[[], AbstractContextManager]
+    weights: Mapping[str, float]
+    grad_on: str = "params"
+    clip_grad: float = 0.0
+    ema: Optional[Any] = None
+    iteration: int = 0  # for messages
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    memory_format: torch.memory_format = field(default=torch.contiguous_format)
+
+
+def train_step(p: StepParts, batch, tasks: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """One optimisation step on ``batch`` for ``tasks``.
+
+    Returns:
+        ``(values to log, per-task loss)``: the flat log values (``loss_<task>_<term>``, extra
+        losses, ``loss``, method weights ``w_<task>``) and ``{task: unweighted loss}`` of the
+        active tasks (those with a label in the batch on any rank).
+    """
+    batch = batch.to(p.device, memory_format=p.memory_format)
+    tasks = list(tasks)
+    active = active_tasks(batch, tasks)
+    backward = gradient_backward if p.method.needs_grads else loss_backward
+    vals, per_task = backward(p, batch, tasks, active)
+    task = tasks[0] if len(tasks) == 1 else None  # per-task optimisers (alternating) step only that task's
+    if p.clip_grad > 0:
+        p.optim.unscale(p.scaler, task)
+        torch.nn.utils.clip_grad_norm_([q for q in p.net.parameters() if q.grad is not None], p.clip_grad)
+    p.optim.step(p.scaler, task)
+    if p.ema is not None:
+        p.ema.update(p.net)
+    return vals, {t: per_task[t] for t in active if t in per_task}
+
+
+def task_totals(losses: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """``{task: {term: L}}`` -> ``{task: sum of its terms}`` (the unweighted task loss)."""
+    return {task: sum(terms.values()) for task, terms in losses.items()}
+
+
+def flat_losses(losses: Mapping[str, Mapping[str, Tensor]], extra: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Structured losses flattened for logging only: ``loss_<task>_<term>`` and the extra terms."""
+    out = {f"loss_{task}_{term}": v for task, terms in losses.items() for term, v in terms.items()}
+    return {**out, **extra}
+
+
+def check_finite(losses: Mapping[str, Mapping[str, Tensor]], extra: Mapping[str, Tensor], total: Tensor,
+                 iteration: int) -> dict[str, float]:
+    """Every loss term and the total as floats (one device transfer); NonFiniteLossError names the task."""
+    pairs = [(task, term, v) for task, terms in losses.items() for term, v in terms.items()]
+    pairs += [(None, name, v) for name, v in extra.items()]
+    values = torch.stack([v.detach().float() for *_, v in pairs] + [total.detach().float()]).tolist()
+    for (task, term, _), v in zip(pairs, values):
+        if not math.isfinite(v):
+            what = f"task '{task}' ({term}={v})" if task is not None else f"'{term}' ({v})"
+            raise NonFiniteLossError(f"non-finite loss for {what} at iteration {iteration}")
+    if not math.isfinite(values[-1]):
+        raise NonFiniteLossError(f"non-finite total loss at iteration {iteration}")
+    out = {f"loss_{task}_{term}" if task is not None else term: v for (task, term, _), v in zip(pairs, values)}
+    out["loss"] = values[-1]
+    return out
 
 
 def active_tasks(batch, tasks: Sequence[str]) -> list[str]:
@@ -68,32 +155,39 @@ def _weights_record(method, active: Sequence[str]) -> dict[str, float]:
     return {f"w_{t}": float(w[t]) for t in active if t in w}
 
 
-def loss_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) -> dict[str, float]:
-    """Forward the selected heads, weight the active tasks' losses with ``tr.method``, backward."""
-    with tr.autocast():
-        raw = tr.model(batch.images, tasks=list(tasks))
-    losses = tr.net.loss(raw, batch, tasks)
-    extra = tr.net.extra_losses()
-    per_task = tr.task_losses(losses)
+def _task_values(losses: Mapping[str, Mapping[str, Tensor]], vals: Mapping[str, float]) -> dict[str, float]:
+    """Each task's unweighted loss as a float, from the values :func:`check_finite` transferred."""
+    return {task: sum(vals[f"loss_{task}_{term}"] for term in terms) for task, terms in losses.items()}
+
+
+def loss_backward(p: StepParts, batch, tasks: Sequence[str], active: Sequence[str]
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Forward the selected heads, weight the active tasks' losses with ``p.method``, backward."""
+    with p.autocast():
+        raw = p.model(batch.images, tasks=list(tasks))
+    losses = p.net.loss(raw, batch, tasks)
+    extra = p.net.extra_losses()
+    per_task = task_totals(losses)
     if active:
-        total = tr.method.total({t: per_task[t] for t in active})
+        total = p.method.total({t: per_task[t] for t in active})
     else:  # nothing labelled in this batch: a zero total that keeps the graph (DDP needs every rank to backward)
         total = sum(per_task.values())
     for v in extra.values():
         total = total + v
-    vals = tr.check_finite({**losses, **extra}, total)
-    tr.optim.zero_grad()
-    tr.scaler.scale(total).backward()
-    allreduce_grads(list(tr.method.parameters()))
-    vals.update(_weights_record(tr.method, active))
-    return vals
+    vals = check_finite(losses, extra, total, p.iteration)
+    p.optim.zero_grad()
+    p.scaler.scale(total).backward()
+    allreduce_grads(list(p.method.parameters()))
+    vals.update(_weights_record(p.method, active))
+    return vals, _task_values(losses, vals)
 
 
-def gradient_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) -> dict[str, float]:
-    """Per-task gradients -> ``tr.method`` coefficients -> combined gradient on the shared part."""
-    net, method = tr.net, tr.method
-    rep = tr.cfg.train.method.grad_on == "rep"
-    with tr.autocast():
+def gradient_backward(p: StepParts, batch, tasks: Sequence[str], active: Sequence[str]
+                      ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-task gradients -> ``p.method`` coefficients -> combined gradient on the shared part."""
+    net, method = p.net, p.method
+    rep = p.grad_on == "rep"
+    with p.autocast():
         if rep:
             feats = net.features(batch.images)
             z = {k: f.detach().requires_grad_(True) for k, f in feats.items()}
@@ -102,17 +196,17 @@ def gradient_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) ->
             raw = net(batch.images, tasks=list(tasks))
     losses = net.loss(raw, batch, tasks)
     extra = net.extra_losses()
-    per_task = tr.task_losses(losses)
-    cfg_w = tr.weights
+    per_task = task_totals(losses)
+    cfg_w = p.weights
     log_total = sum(cfg_w[t] * per_task[t].detach() for t in tasks)
     for v in extra.values():
         log_total = log_total + v.detach()
-    vals = tr.check_finite({**losses, **extra}, log_total)
-    tr.optim.zero_grad()
+    vals = check_finite(losses, extra, log_total, p.iteration)
+    p.optim.zero_grad()
     if not active:
-        return vals
+        return vals, _task_values(losses, vals)
 
-    scale = float(tr.scaler.get_scale()) if tr.scaler.is_enabled() else 1.0
+    scale = float(p.scaler.get_scale()) if p.scaler.is_enabled() else 1.0
     inputs = list(z.values()) if rep else net.shared_parameters()
     n_in = len(inputs)
     rows, head_grads = [], {}
@@ -167,9 +261,9 @@ def gradient_backward(tr, batch, tasks: Sequence[str], active: Sequence[str]) ->
         for p, g in head_grads[t]:
             p.grad = g * hw
     if extra:
-        tr.scaler.scale(sum(extra.values())).backward()
+        p.scaler.scale(sum(extra.values())).backward()
     shared = net.shared_parameters()
     owned = [p for t in active for p in net.task_parameters(t)]
     allreduce_grads((shared if rep else []) + owned + list(method.parameters()))
     vals.update(_weights_record(method, active))
-    return vals
+    return vals, _task_values(losses, vals)

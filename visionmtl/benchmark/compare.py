@@ -98,7 +98,7 @@ def strategy_config(cfg: Config, name: str, tasks: Optional[Sequence[str]] = Non
 
 def backward_passes(cfg: Config) -> str:
     """Backward passes per step, as the method runs them (T = number of tasks)."""
-    from .methods import is_gradient_method
+    from ..mtl.names import is_gradient_method
 
     T = len(cfg.tasks)
     tc = cfg.train
@@ -168,7 +168,7 @@ def _rss(r: Mapping[str, Any]) -> float:
 def compare_strategies(cfg: Config, names: Sequence[str], out_dir: str | Path, epochs: Optional[int] = None,
                        threads: int = 0) -> dict:
     """Train every strategy in ``names`` and summarise; see the module docstring."""
-    from ..engine.evaluate import main_metric
+    from ..engine.evaluate import lower_is_better, main_metric
     from ..metrics.mtl import delta_m, delta_m_per_task
 
     out_dir = Path(out_dir)
@@ -178,11 +178,12 @@ def compare_strategies(cfg: Config, names: Sequence[str], out_dir: str | Path, e
         cfg.train.epochs = int(epochs)
         cfg.train.stages = []
     cfg.train.eval_interval = max(cfg.train.epochs, 1)
-    from ..benchmark.accuracy import ensure_shapes_data
+    from .accuracy import ensure_shapes_data
 
     ensure_shapes_data(cfg)
     tasks = list(cfg.tasks)
-    metric_names = {t: main_metric(c.type, c.multilabel) for t, c in cfg.tasks.items()}
+    metric_names = {t: main_metric(c) for t, c in cfg.tasks.items()}
+    lower = {t: lower_is_better(c, metric_names[t]) for t, c in cfg.tasks.items()}
     rows: list[dict] = []
     singles: dict[str, Optional[float]] = {}
     for name in names:
@@ -209,13 +210,13 @@ def compare_strategies(cfg: Config, names: Sequence[str], out_dir: str | Path, e
         row["delta_m"] = None
         if row["strategy"] != "single" and all(singles.get(t) for t in tasks) and \
                 all(row["metrics"].get(t) is not None for t in tasks):
-            row["delta_m_per_task"] = delta_m_per_task(row["metrics"], singles)
-            row["delta_m"] = delta_m(row["metrics"], singles)
+            row["delta_m_per_task"] = delta_m_per_task(row["metrics"], singles, lower)
+            row["delta_m"] = delta_m(row["metrics"], singles, lower)
     return _write(rows, singles, metric_names, cfg, out_dir)
 
 
 def _write(rows: list[dict], singles: dict, metric_names: dict, cfg: Config, out_dir: Path) -> dict:
-    from ..benchmark.report import _write_csv
+    from .report import _write_csv
 
     base = next((r for r in rows if r["strategy"] == "fixed"), None)
     for r in rows:
