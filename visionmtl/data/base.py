@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 from .errors import DataError
+
+# what a missing named value means for adapters that give ``values``: raise, or leave it unlabelled
+MISSING_VALUES = ("error", "unlabelled")
 
 
 class BaseAdapter:
@@ -13,7 +18,8 @@ class BaseAdapter:
 
     ``load(i)`` returns ``(image, target)``: ``image`` is HxWx3 uint8 RGB; ``target`` follows the
     per-image contract in docs/design.md with class ids in this adapter's own id space
-    (``self.classes``). Keys the adapter cannot label are absent.
+    (``self.classes``). Keys the adapter cannot label are absent; so are the names of
+    ``values`` (``dict[str, float]``, named numeric values of the image) it has no label for.
     """
 
     classes: list[str] = []
@@ -22,6 +28,12 @@ class BaseAdapter:
     # cropping augmentation can re-derive it from what is left in view; None when labels hold
     # for the whole image whatever part of it is seen
     labels_follow: str | None = None
+    # value name -> the target key it counts (``"boxes"``), for the named ``values`` that are a
+    # count of the image's objects, so that a cropping augmentation can re-count what is left in
+    # view; names absent here are values of the whole image whatever part of it is seen
+    values_follow: dict = {}
+    # the names of the numeric per-image ``values`` the adapter can give (when it provides them)
+    value_names: list[str] = []
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -37,6 +49,40 @@ class BaseAdapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)})"
+
+
+def name_list(names: Sequence[str] | None, what: str, allow_empty: bool = False) -> list[str]:
+    """``names`` (an adapter argument) as a list of distinct non-empty strings, [] for None.
+
+    Raises TypeError for a bare string and ValueError for an empty list (unless
+    ``allow_empty``), an empty name or a name given twice.
+    """
+    if names is None:
+        return []
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a list of names, got the string {names!r} (write [{names!r}])")
+    out = [str(n).strip() for n in names]
+    if not all(out):
+        raise ValueError(f"{what} has an empty name: {list(names)!r}")
+    if not out and not allow_empty:
+        raise ValueError(f"{what} is empty; name at least one (or leave it out)")
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names {dup} more than once")
+    return out
+
+
+def value_stats(values: list[dict[str, float]], names: list[str]) -> dict[str, dict]:
+    """Per value name: ``count`` of images labelled with it and the ``mean``, ``min`` and ``max``
+    of its values (``None`` when no image has it), from one ``values`` dict per image."""
+    out = {}
+    for name in names:
+        v = np.asarray([d[name] for d in values if name in d], dtype=np.float64)
+        if v.size:
+            out[name] = {"count": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+        else:
+            out[name] = {"count": 0, "mean": None, "min": None, "max": None}
+    return out
 
 
 def read_image(path: str) -> np.ndarray:

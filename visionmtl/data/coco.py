@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -12,10 +13,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .base import BaseAdapter, read_image
+from .base import MISSING_VALUES, BaseAdapter, name_list, read_image, value_stats
 from .errors import DataError
 
-_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels")
+_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "values")
 _REQUIRED_TOP = ("images", "annotations", "categories")
 _REQUIRED_IMAGE = ("id", "file_name", "width", "height")
 _REQUIRED_ANN = ("image_id", "category_id", "bbox")
@@ -28,11 +29,24 @@ class CocoAdapter(BaseAdapter):
     Args:
         ann_file: path to the instances JSON (``images``, ``annotations``, ``categories``).
         img_dir: folder the images' ``file_name`` entries are relative to.
-        provides: target keys to produce, any of ``boxes``, ``box_labels``, ``mask``, ``labels``.
-            Masks are only rasterised when ``mask`` is requested.
+        provides: target keys to produce, any of ``boxes``, ``box_labels``, ``mask``, ``labels``
+            (and ``values``, which is added anyway when ``value_fields`` is given). Masks are
+            only rasterised when ``mask`` is requested.
         min_box_size: boxes whose width or height (after clipping to the image) is below this
             many pixels are dropped and counted in ``stats()["degenerate_boxes"]``.
         background: name of the background class of the *mask* id space, or ``None``.
+        value_fields: numeric fields of the ``images[]`` records (e.g. ``"age": 31``) given as
+            the image's ``values`` (``dict[str, float]``); ``value_names`` lists them. Every
+            image is checked at construction: a field that is not a finite number (a string, a
+            bool, NaN) raises ``DataError`` naming the file, the image and the field.
+        missing_values: what an image without one of the fields (or with ``null``) means:
+            ``"error"`` raises ``DataError`` at construction naming the file, image and field;
+            ``"unlabelled"`` leaves that name out of the image's ``values``.
+        count_fields: names among ``value_fields`` that count the image's objects. Each must
+            equal the number of non-crowd boxes the adapter keeps for its image (checked at
+            construction; degenerate boxes are not kept), and ``values_follow`` maps it to
+            ``"boxes"``, so that a training crop re-counts the boxes left in view. Needs
+            ``boxes`` in ``provides``.
 
     Class id spaces:
 
@@ -53,6 +67,9 @@ class CocoAdapter(BaseAdapter):
     ``labels`` is the sorted set of categories of the image's non-crowd annotations (boxes
     dropped as degenerate still count). Images without annotations are valid negatives:
     ``boxes`` of shape ``[0, 4]``, empty ``labels`` and an all-background mask.
+
+    ``values`` (with ``value_fields``) is ``{name: float}`` from the image's record, without
+    the names it lacks (``missing_values="unlabelled"``).
     """
 
     labels_follow = "box_labels"
@@ -64,18 +81,35 @@ class CocoAdapter(BaseAdapter):
         provides: Sequence[str] = ("boxes", "box_labels", "mask", "labels"),
         min_box_size: float = 1.0,
         background: str | None = "background",
+        value_fields: Sequence[str] = (),
+        missing_values: str = "error",
+        count_fields: Sequence[str] = (),
     ):
         self.ann_file = str(ann_file)
         self.img_dir = str(img_dir)
         unknown = [k for k in provides if k not in _KNOWN_KEYS]
         if unknown:
             raise ValueError(f"CocoAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}")
-        self.provides = tuple(provides)
+        self.value_names: list[str] = name_list(value_fields, "value_fields", allow_empty=True)
+        counts = name_list(count_fields, "count_fields", allow_empty=True)
+        if missing_values not in MISSING_VALUES:
+            raise ValueError(f"missing_values must be one of {list(MISSING_VALUES)}, got {missing_values!r}")
+        if "values" in provides and not self.value_names:
+            raise ValueError("CocoAdapter provides 'values' only with value_fields naming them")
+        stray = [n for n in counts if n not in self.value_names]
+        if stray:
+            raise ValueError(f"count_fields {stray} are not among value_fields {self.value_names}")
+        if counts and "boxes" not in provides:
+            raise ValueError("count_fields need 'boxes' in provides (a training crop re-counts the boxes)")
+        self.provides = tuple(provides) + (("values",) if self.value_names and "values" not in provides else ())
+        self.missing_values = missing_values
+        self.values_follow: dict[str, str] = {name: "boxes" for name in counts}
         self.min_box_size = float(min_box_size)
         self.background = background
 
         data = self._read_json()
         self._validate(data)
+        self._values = self._read_values(data["images"])
         self._assign_missing_ann_ids(data["annotations"])
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
@@ -104,6 +138,7 @@ class CocoAdapter(BaseAdapter):
             self.coco.createIndex()
 
         self._index(data)
+        self._check_counts()
 
     # ------------------------------------------------------------------ parsing and validation
     def _read_json(self) -> dict:
@@ -158,6 +193,46 @@ class CocoAdapter(BaseAdapter):
             b = a["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
                 raise DataError(f, f"{name} has bbox {b!r}; expected [x, y, width, height]")
+
+    def _read_values(self, images: list) -> list[dict[str, float]]:
+        """The ``value_fields`` of each image record, as floats; checks every image."""
+        out = []
+        for im in images:
+            values = {}
+            for name in self.value_names:
+                v = im.get(name)
+                if v is None:
+                    if self.missing_values == "error":
+                        raise DataError(
+                            self.ann_file,
+                            f"{_image_name(im)}: no field {name!r} (pass missing_values='unlabelled' to "
+                            "allow images without it)",
+                        )
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise DataError(self.ann_file, f"{_image_name(im)}: field {name!r} is not a number: {v!r}")
+                try:
+                    f = float(v)
+                except OverflowError:  # an int too large for a float
+                    f = math.inf
+                if not math.isfinite(f):
+                    raise DataError(self.ann_file, f"{_image_name(im)}: field {name!r} is not a finite number: {v!r}")
+                values[name] = f
+            out.append(values)
+        return out
+
+    def _check_counts(self) -> None:
+        """Each count field equals the number of non-crowd boxes kept for its image."""
+        for name in self.values_follow:
+            for im, values, boxes, inst in zip(self._images, self._values, self._boxes, self._instances):
+                if name in values and values[name] != len(boxes):
+                    dropped = len(inst) - len(boxes)
+                    why = f" ({dropped} more dropped as smaller than min_box_size={self.min_box_size:g})"
+                    raise DataError(
+                        self.ann_file,
+                        f"{_image_name(im)}: count field {name!r} is {values[name]:g} but the image has "
+                        f"{len(boxes)} non-crowd boxes{why if dropped else ''}",
+                    )
 
     @staticmethod
     def _assign_missing_ann_ids(anns: list) -> None:
@@ -230,7 +305,12 @@ class CocoAdapter(BaseAdapter):
         return self._images[i]["id"]
 
     def stats(self) -> dict:
-        return dict(self._stats)
+        """Counts of images, annotations, boxes, etc.; with ``value_fields``, also ``values[name]``
+        = ``count`` (images labelled), ``mean``, ``min``, ``max``."""
+        out = dict(self._stats)
+        if self.value_names:
+            out["values"] = value_stats(self._values, self.value_names)
+        return out
 
     def load(self, i: int) -> tuple[np.ndarray, dict]:
         im = self._images[i]
@@ -253,6 +333,8 @@ class CocoAdapter(BaseAdapter):
             target["mask"] = self._rasterise(i, h, w)
         if "labels" in self.provides:
             target["labels"] = self._labels[i].copy()
+        if "values" in self.provides:
+            target["values"] = dict(self._values[i])
         return img, target
 
     def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +413,10 @@ class CocoAdapter(BaseAdapter):
         except Exception as e:  # malformed polygons / RLE strings
             raise DataError(self.ann_file, f"annotation {a['id']}: cannot rasterise segmentation ({e})") from None
         return None
+
+
+def _image_name(im: dict) -> str:
+    return f"image id {im['id']} ({im['file_name']})"
 
 
 def _has_segmentation(a: dict) -> bool:

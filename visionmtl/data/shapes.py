@@ -14,7 +14,9 @@ The dataset is written in COCO instances format::
 Each annotation describes the *visible* part of its object: ``bbox`` (xywh) and ``area`` are
 those of the visible pixels, and ``segmentation`` decodes with pycocotools to exactly the
 visible mask. Polygons are used where they are exact (they follow pixel edges); masks with
-holes or pinch points fall back to compressed RLE.
+holes or pinch points fall back to compressed RLE. Each ``images[]`` record also carries
+``n_shapes``, the number of annotations (shapes) of that image, a numeric per-image value for
+regression tasks (``CocoAdapter(value_fields=["n_shapes"], count_fields=["n_shapes"])``).
 
 Generation is deterministic: image ``i`` of a split is drawn from its own random stream seeded
 by ``(seed, split, i)``, so the same arguments give byte-identical files (with the same
@@ -40,8 +42,9 @@ from pycocotools import mask as mask_utils
 
 SHAPE_CLASSES: list[str] = ["circle", "square", "triangle", "star"]
 
-GENERATOR_VERSION = 1
-"""Bumped whenever rendering changes, so :func:`ensure_shapes` regenerates stale copies."""
+GENERATOR_VERSION = 2
+"""Bumped whenever rendering or the annotation files change, so :func:`ensure_shapes` regenerates
+stale copies (2: ``n_shapes`` in the image records)."""
 
 MAX_OBJECTS = 8
 MIN_SIZE = 32
@@ -438,7 +441,7 @@ def _generate_split(out: Path, split: str, n: int, size: int, seed: int, workers
     n_rle = 0
     for index, (name, anns) in enumerate(results):
         image_id = index + 1
-        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+        images.append({"id": image_id, "file_name": name, "width": size, "height": size, "n_shapes": len(anns)})
         hist[len(anns)] += 1
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})

@@ -63,6 +63,14 @@ class Transform:
     ``label_mask``; data/dataset.py adds them for training) are re-derived from what is left in
     view: ``labels`` becomes the classes of the boxes that survive the crop, or of the pixels
     that do, so a crop that cuts a shape out no longer claims it.
+
+    Values that count objects are re-counted the same way: ``count_boxes`` (``dict[str,
+    float32 [N,4]]``, added by data/dataset.py for training) gives, per value name, the boxes
+    it counts; they go through the pipeline in the same box set, and ``values[name]`` becomes
+    the float number of them that survive (a new ``values`` dict; the name is set even if the
+    input ``values`` lacked it, so pass count boxes only for values the image has). Other
+    ``values`` pass through unchanged. The helper keys (``label_boxes``, ``label_box_ids``,
+    ``label_mask``, ``count_boxes``) never appear in the output.
     """
 
     def __init__(self, compose: A.Compose, keep_orig_mask: bool = False, train: bool = False):
@@ -74,20 +82,28 @@ class Transform:
         if seed is not None:
             self.compose.set_random_seed(seed)
         has_boxes = "boxes" in target
-        # one box set through albumentations: the task's boxes, then the label-deriving ones;
-        # each box carries its row index, so survivors map back to their labels
+        # one box set through albumentations: the task's boxes, then the label-deriving ones,
+        # then each value's count boxes; each box carries its row index, so survivors map back
         boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4) if has_boxes else np.zeros((0, 4), np.float32)
         box_labels = np.asarray(target.get("box_labels", np.zeros(0)), np.int64).reshape(-1)
         n = len(boxes)
+        parts = [boxes]
         if "label_boxes" in target:
-            boxes = np.concatenate([boxes, np.asarray(target["label_boxes"], np.float32).reshape(-1, 4)])
+            parts.append(np.asarray(target["label_boxes"], np.float32).reshape(-1, 4))
+        n_label = stop = sum(len(p) for p in parts)  # rows [n, n_label) are the label boxes
+        count_rows: dict[str, tuple[int, int]] = {}  # value name -> its rows [start, stop)
+        for name, b in target.get("count_boxes", {}).items():
+            parts.append(np.asarray(b, np.float32).reshape(-1, 4))
+            count_rows[name] = (stop, stop + len(parts[-1]))
+            stop += len(parts[-1])
+        boxes = np.concatenate(parts) if len(parts) > 1 else boxes
         kw = {"image": image, "bboxes": boxes, "box_labels": np.arange(len(boxes), dtype=np.int64)}
         if "mask" in target:
             kw["mask"] = target["mask"]
         if "label_mask" in target:
             kw["masks"] = [target["label_mask"]]
         out = self.compose(**kw)
-        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask")
+        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask", "count_boxes")
         new = {k: v for k, v in target.items() if k not in helpers}
         img = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         idx = np.asarray(out["box_labels"]).astype(np.int64).reshape(-1)
@@ -96,8 +112,12 @@ class Transform:
             new["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)[keep])
             new["box_labels"] = torch.as_tensor(box_labels[idx[keep]])
         if "label_boxes" in target:
-            ids = np.asarray(target["label_box_ids"], np.int64).reshape(-1)[idx[idx >= n] - n]
+            ids = np.asarray(target["label_box_ids"], np.int64).reshape(-1)[idx[(idx >= n) & (idx < n_label)] - n]
             new["labels"] = np.unique(ids[ids >= 0])
+        if count_rows:
+            new["values"] = dict(target.get("values", {}))
+            for name, (start, stop) in count_rows.items():
+                new["values"][name] = float(np.count_nonzero((idx >= start) & (idx < stop)))
         if "label_mask" in target:
             vals = np.unique(np.asarray(out["masks"][0]))
             new["labels"] = vals[vals != 255].astype(np.int64)
