@@ -30,6 +30,7 @@ TYPE_CONFIGS = {
     "classification": {"classes": NAMES, "multilabel": True, "head": {"hidden": 16}},
     "detection": {"classes": NAMES, "head": {"channels": 16, "num_convs": 1}},
     "segmentation": {"classes": ["bg"] + NAMES, "head": {"channels": 16}},
+    "regression": {"targets": ["n", "size"], "mean": [4.0, 10.0], "std": [2.0, 5.0], "head": {"hidden": 16}},
 }
 
 

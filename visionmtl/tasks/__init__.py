@@ -12,12 +12,13 @@ from ..errors import ConfigError
 from .base import TaskType
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .regression import RegressionTask
 from .segmentation import SegmentationTask
 
 __all__ = ["TASK_TYPES", "TaskType", "spec"]
 
 TASK_TYPES: dict[str, TaskType] = {
-    t.name: t for t in (ClassificationTask(), DetectionTask(), SegmentationTask())
+    t.name: t for t in (ClassificationTask(), DetectionTask(), SegmentationTask(), RegressionTask())
 }
 
 

@@ -1,0 +1,141 @@
+"""``type: regression`` end to end: config checks, data, re-counting under crops, the head, the trainer,
+and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.data_helpers import write_image
+from tests.test_engine import ROOT, tiny_cfg
+from visionmtl.config import ConfigError, config_from_dict
+from visionmtl.data.loader import build_dataset
+from visionmtl.engine.trainer import Trainer
+from visionmtl.models.heads.regression import RegressionHead
+from visionmtl.tasks import spec
+
+COUNT = {"type": "regression", "targets": ["n_shapes"], "head": {"levels": ["p3", "p4", "p5"], "pool": "sum",
+                                                                 "hidden": 16}}
+
+
+def _with_count(cfg_tree: dict) -> dict:
+    cfg_tree["tasks"]["count"] = COUNT
+    for split in ("train", "val"):
+        for d in cfg_tree["data"][split]:
+            d.update(value_fields=["n_shapes"], count_fields=["n_shapes"])
+    return cfg_tree
+
+
+def test_config_checks(tmp_path):
+    base = {"tasks": {"age": {"type": "regression", "targets": ["age"]}}}
+    cfg = config_from_dict(base)
+    assert cfg.tasks["age"].targets == ["age"] and cfg.tasks["age"].loss == "smooth_l1"
+    assert spec(cfg.tasks["age"]).outputs(cfg.tasks["age"]) == ["age"]
+    bad = [
+        ({"targets": []}, r"names its values in 'tasks.age.targets'"),
+        ({"targets": ["age"], "loss": "huber"}, r"'tasks.age.loss' must be one of smooth_l1, l1, mse, got 'huber'"),
+        ({"targets": ["age"], "mean": [1.0, 2.0]}, r"'tasks.age.mean' has 2 values for 1 targets"),
+        ({"targets": ["age"], "std": [0.0]}, r"'tasks.age.std' must be > 0"),
+        ({"targets": ["age"], "classes": ["x"]}, r"has 'targets', not 'classes'"),
+        ({"targets": ["age"], "multilabel": False}, r"unknown key 'tasks.age.multilabel' for a regression task"),
+        ({"targets": ["age"], "head": {"pool": "max"}}, r"'tasks.age.head.pool' must be one of avg, avgmax, sum"),
+        ({"targets": ["age"], "head": {"pol": "sum"}}, r"unknown key 'tasks.age.head.pol'.*did you mean 'tasks.age.head.pool'"),
+    ]
+    for extra, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            config_from_dict({"tasks": {"age": {"type": "regression", **extra}}})
+
+
+def test_values_reach_the_batch_and_counts_follow_the_crop(shapes_dir, tmp_path):
+    cfg = tiny_cfg(shapes_dir, tmp_path, tasks=("det",))
+    tree = _with_count(cfg.to_dict())
+    tree["data"]["augment"]["crop_size"] = 32  # 32-px crops of 64-px images cut shapes out
+    cfg = config_from_dict(tree)
+    train = build_dataset(cfg, "train").parts[0]
+    val = build_dataset(cfg, "val").parts[0]
+    changed = 0
+    for i in range(len(train)):
+        t = train.get(i, seed=i)["target"]
+        assert t["values"]["n_shapes"] == float(len(t["boxes"]))  # re-counted from the boxes in view
+        full = train.load(i)[1]["values"]["n_shapes"]
+        changed += t["values"]["n_shapes"] < full
+    assert changed > 0
+    for i in range(len(val)):
+        t = val.get(i)["target"]
+        assert t["values"]["n_shapes"] == float(len(t["boxes"]))  # evaluation: the whole image
+
+
+def test_sum_head_learns_a_count():
+    """Density head: a count that is the number of bright cells is learnt to within 0.5."""
+    torch.manual_seed(0)
+    head = RegressionHead("n", {"p3": 4}, 1, levels=["p3"], pool="sum", hidden=16, loss="l1")
+    opt = torch.optim.Adam(head.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(0)
+    for step in range(300):
+        x = torch.randn(16, 4, 6, 6, generator=g) * 0.1
+        n = torch.randint(0, 6, (16,), generator=g)
+        for b in range(16):
+            idx = torch.randperm(36, generator=g)[: int(n[b])]
+            x[b, 0].view(-1)[idx] = 1.0
+        targets = [{"values": {"v0": float(k)}} for k in n]
+        loss = head.loss(head({"p3": x}), targets, torch.ones(16, dtype=torch.bool))["reg"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pred = torch.stack([p["values"] for p in head.predict(head({"p3": x}), [(48, 48)] * 16)])[:, 0]
+    assert (pred.round() == n.float()).float().mean() >= 0.9, (pred, n)
+    # partial labels: a missing name is no label; none at all gives an attached 0
+    out = head.loss(head({"p3": x[:2]}), [{"values": {}}, {}], torch.tensor([True, False]))["reg"]
+    assert out.item() == 0.0 and out.requires_grad
+
+
+def test_normalisation_round_trips():
+    head = RegressionHead("age", {"c5": 8}, 1, targets=["age"], pool="avg", mean=[40.0], std=[10.0])
+    raw = {"values": torch.tensor([[0.5]])}
+    assert head.predict(raw, [(32, 32)])[0]["values"].item() == pytest.approx(45.0)
+    loss = head.loss(raw, [{"values": {"age": 45.0}}], torch.tensor([True]))["reg"]
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_trainer_with_a_count_head(shapes_dir, tmp_path):
+    cfg = tiny_cfg(shapes_dir, tmp_path, tasks=("cls", "det"), epochs=1, max_iters=3)
+    cfg = config_from_dict(_with_count(cfg.to_dict()))
+    trainer = Trainer(cfg)
+    metrics = trainer.train()
+    assert {"MAE", "RMSE", "exact"} <= set(metrics["count"]) and np.isfinite(metrics["count"]["MAE"])
+    assert any("loss_count_reg" in h for h in trainer.history)
+    assert (tmp_path / "best.pt").is_file()
+
+
+def _train_cli(tmp_path, config_text: str) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_text)
+    return subprocess.run([sys.executable, str(ROOT / "tools/train.py"), str(cfg), "--work-dir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_regression_input_is_one_line_exit_2(tmp_path, shapes_dir):
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    csv = tmp_path / "ages.csv"
+    csv.write_text("path,age\na.jpg,31\nb.jpg,thirty\n")
+    common = ("tasks:\n  age: {type: regression, targets: [age]}\n"
+              "data:\n  img_size: 64\n  batch_size: 2\n  workers: 0\n  train:\n")
+    # a value that is not a number: the file, the line and the column
+    r = _train_cli(tmp_path, common + f"    - {{type: csv, csv_file: {csv}, value_columns: [age]}}\n")
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and str(csv) in err and "line 3" in err and "'age'" in err and "thirty" in err
+    assert "Traceback" not in r.stderr
+    # a dataset that labels the task without the value: names the dataset, the task and the value
+    ann, img = shapes_dir / "train/annotations.json", shapes_dir / "train/images"
+    r = _train_cli(tmp_path, common.replace("targets: [age]", "targets: [n_shapes]")
+                   + f"    - {{type: coco, tasks: [age], ann_file: {ann}, img_dir: {img}}}\n")
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "task 'age'" in err and "'n_shapes'" in err and "value_fields" in err
+    assert "Traceback" not in r.stderr

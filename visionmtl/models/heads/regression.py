@@ -1,0 +1,131 @@
+"""Image-level regression head: one or more named numeric values per image (an age, a count).
+
+Two ways to read the features:
+
+* ``pool: avg`` / ``avgmax`` (default ``avgmax``): globally pooled levels, concatenated ->
+  Linear -> ReLU -> Linear, as a classifier on a ResNet does. For values that describe the whole
+  image (an age, a pose angle).
+* ``pool: sum``: density regression, as crowd counting does. A 1x1-conv MLP predicts a value at
+  every position of every level, and the values are summed over positions. A count is then a
+  sum of per-object contributions, which stays right when objects appear in other places or
+  numbers than in training.
+
+Targets may be normalised: the head learns ``(y - mean) / std`` and :meth:`predict` maps back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RegressionHead"]
+
+_LOSSES = ("smooth_l1", "l1", "mse")
+
+
+class RegressionHead(nn.Module):
+    """Pooled features -> ``K`` numeric values per image.
+
+    Args:
+        task: task name (for messages).
+        in_channels: ``{level: channels}`` of every level read.
+        num_outputs: number of values ``K``.
+        targets: the values' names (``target["values"][name]``); default ``v0, v1, ...``.
+        levels: feature levels to read (default ``("c5",)``).
+        pool: ``avgmax``, ``avg`` or ``sum`` (density: per-position values summed; see module doc).
+        hidden: hidden width of the MLP.
+        dropout: dropout after the hidden ReLU (pooled modes).
+        loss: ``smooth_l1`` (Huber with ``beta``), ``l1`` or ``mse``, on normalised values.
+        beta: smooth-L1 transition point (in normalised units).
+        mean, std: per-value normalisation (length ``K``, or empty for none).
+    """
+
+    def __init__(self, task: str, in_channels: Mapping[str, int], num_outputs: int,
+                 targets: Sequence[str] | None = None, levels: Sequence[str] | None = None, pool: str = "avgmax",
+                 hidden: int = 256, dropout: float = 0.0, loss: str = "smooth_l1", beta: float = 1.0,
+                 mean: Sequence[float] = (), std: Sequence[float] = ()) -> None:
+        super().__init__()
+        if num_outputs < 1:
+            raise ValueError(f"task '{task}': head has zero classes")
+        if pool not in ("avg", "avgmax", "sum"):
+            raise ValueError(f"task '{task}': pool must be avg, avgmax or sum, got {pool!r}")
+        if loss not in _LOSSES:
+            raise ValueError(f"task '{task}': loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+        self.task, self.pool, self.loss_kind, self.beta = task, pool, loss, float(beta)
+        self.num_outputs = int(num_outputs)
+        self.targets = list(targets) if targets else [f"v{i}" for i in range(self.num_outputs)]
+        if len(self.targets) != self.num_outputs:
+            raise ValueError(f"task '{task}': {len(self.targets)} target names for {self.num_outputs} outputs")
+        self.levels = tuple(levels or ("c5",))
+        missing = [lv for lv in self.levels if lv not in in_channels]
+        if missing:
+            raise ValueError(f"task '{task}': no channel count for levels {missing}")
+        for name, v in (("mean", mean), ("std", std)):
+            if len(v) not in (0, self.num_outputs):
+                raise ValueError(f"task '{task}': {name} has {len(v)} values for {self.num_outputs} targets")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"task '{task}': std must be > 0, got {list(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean) or [0.0] * self.num_outputs, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(list(std) or [1.0] * self.num_outputs, dtype=torch.float32))
+        if pool == "sum":
+            self.proj = nn.ModuleDict({lv: nn.Conv2d(in_channels[lv], hidden, 1) for lv in self.levels})
+            self.mlp = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(hidden, self.num_outputs, 1))
+            nn.init.zeros_(self.mlp[-1].weight)  # start from a count of 0 everywhere
+            nn.init.zeros_(self.mlp[-1].bias)
+        else:
+            width = sum(in_channels[lv] for lv in self.levels) * (2 if pool == "avgmax" else 1)
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                     nn.Linear(hidden, self.num_outputs))
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Returns ``{"values": float [B, K]}`` in normalised units."""
+        if self.pool == "sum":
+            dens = [self.mlp(self.proj[lv](features[lv])).float().flatten(2) for lv in self.levels]  # [B, K, hw]
+            return {"values": torch.cat(dens, dim=2).sum(2)}
+        pooled = []
+        for lv in self.levels:
+            x = features[lv]
+            pooled.append(x.mean(dim=(2, 3)))
+            if self.pool == "avgmax":
+                pooled.append(x.amax(dim=(2, 3)))
+        return {"values": self.mlp(torch.cat(pooled, dim=1)).float()}
+
+    def loss(self, raw: Mapping[str, Tensor], targets: Sequence[Mapping], has: Tensor) -> dict[str, Tensor]:
+        """Regression loss over the values present in the images whose ``has`` is true.
+
+        Targets: ``target["values"]``, ``{name: float}``; an absent name is no label for that
+        value. Returns ``{"reg": scalar}``, the mean over labelled values (0, attached, if none).
+        """
+        pred = raw["values"].float()  # [B, K]
+        y = torch.zeros_like(pred)
+        present = torch.zeros_like(pred, dtype=torch.bool)
+        for i, h in enumerate(has.tolist()):
+            if not h:
+                continue
+            values = targets[i].get("values", {})
+            for k, name in enumerate(self.targets):
+                if name in values:
+                    y[i, k] = float(values[name])
+                    present[i, k] = True
+        if not bool(present.any()):
+            return {"reg": pred.sum() * 0}
+        z = (y - self.mean) / self.std
+        p, t = pred[present], z[present]
+        if self.loss_kind == "l1":
+            loss = F.l1_loss(p, t)
+        elif self.loss_kind == "mse":
+            loss = F.mse_loss(p, t)
+        else:
+            loss = F.smooth_l1_loss(p, t, beta=self.beta)
+        return {"reg": loss}
+
+    @torch.no_grad()
+    def predict(self, raw: Mapping[str, Tensor], image_sizes: Sequence | Tensor,
+                orig_sizes: Sequence | Tensor | None = None) -> list[dict[str, Tensor]]:
+        """One dict per image: ``values`` float32 ``[K]`` in the targets' units."""
+        values = raw["values"].float() * self.std + self.mean
+        return [{"values": v} for v in values]
