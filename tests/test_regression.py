@@ -139,3 +139,51 @@ def test_bad_regression_input_is_one_line_exit_2(tmp_path, shapes_dir):
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and "task 'age'" in err and "'n_shapes'" in err and "value_fields" in err
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("strategy", [
+    {"mode": "alternating"},
+    {"method": {"name": "pcgrad", "grad_on": "rep"}},
+    {"method": {"name": "dwa"}, "stages": [{"epochs": 1, "tasks": ["count"], "freeze": ["backbone"]},
+                                           {"epochs": 1}]},
+])
+def test_strategies_train_a_regression_task(shapes_dir, tmp_path, strategy):
+    """Alternating training, a gradient method on features, and staged freezing with the new type."""
+    cfg = tiny_cfg(shapes_dir, tmp_path, tasks=("det",), epochs=2, max_iters=4, eval_interval=2)
+    tree = _with_count(cfg.to_dict())
+    tree["train"].update(strategy)
+    trainer = Trainer(config_from_dict(tree))
+    before = trainer.net.heads["count"].proj["p3"].weight.detach().clone()
+    trainer.train()
+    assert trainer.task_steps["count"] > 0
+    assert not torch.equal(before, trainer.net.heads["count"].proj["p3"].weight)
+    assert all(np.isfinite(h["loss"]) for h in trainer.history)
+
+
+def test_infer_and_benchmark_with_a_regression_head(shapes_dir, tmp_path):
+    """tools/infer.py writes the values in each JSONL record and on the image; the benchmark's
+    synthetic batch and Δm handle a lower-is-better main metric."""
+    import json
+
+    from visionmtl.benchmark.accuracy import accuracy_summary
+    from visionmtl.benchmark.combos import build_combo_model, synthetic_batch
+
+    cfg = tiny_cfg(shapes_dir, tmp_path / "w", tasks=("det",), epochs=1, max_iters=2)
+    cfg = config_from_dict(_with_count(cfg.to_dict()))
+    Trainer(cfg).train()
+    out = tmp_path / "pred"
+    r = subprocess.run([sys.executable, str(ROOT / "tools/infer.py"), str(tmp_path / "w/last.pt"), "--source",
+                        str(shapes_dir / "val/images"), "--out", str(out), "--save-json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(recs) == 16 and all(rec["count"]["type"] == "regression" for rec in recs)
+    assert all(isinstance(rec["count"]["values"]["n_shapes"], float) for rec in recs)
+    b = synthetic_batch(cfg, 2, 64)
+    model = build_combo_model(cfg, ("det", "count"))
+    losses = model.loss(model(b.images), b)
+    assert torch.isfinite(losses["count"]["reg"])
+    # Δm: a lower MAE is an improvement
+    summary = accuracy_summary({"det": {"det": 0.5}, "count": {"count": 1.0},
+                                "det+count": {"det": 0.5, "count": 0.5}}, cfg.tasks)
+    assert summary["combos"]["det+count"]["delta_m"] == pytest.approx(0.25)

@@ -53,13 +53,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> None:
+    from visionmtl.config import load_config
+
+    cfg = load_config(args.config, args.set)
+
     import torch
 
     from visionmtl.benchmark import BenchmarkOptions, run_benchmark
     from visionmtl.benchmark.report import format_markdown
-    from visionmtl.config import load_config
 
-    cfg = load_config(args.config, args.set)
     threads = args.threads or cfg.train.threads
     if threads > 0:
         torch.set_num_threads(threads)

@@ -28,9 +28,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.config import load_config
-    from visionmtl.data.speed import loader_speed, stage_profile
 
     cfg = load_config(args.config, args.set)
+
+    from visionmtl.data.speed import loader_speed, stage_profile
     print(f"train pipeline at {cfg.data.img_size} px, batch {cfg.data.batch_size}")
     if not args.no_profile:
         prof = stage_profile(cfg, n=64)

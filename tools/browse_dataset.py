@@ -28,9 +28,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.config import load_config
-    from visionmtl.data.browse import browse
 
     cfg = load_config(args.config, args.set)
+
+    from visionmtl.data.browse import browse
     paths = browse(cfg, args.split, args.num, args.out, args.seed)
     print(f"wrote {len(paths)} images to {args.out}")
 

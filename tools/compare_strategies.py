@@ -34,9 +34,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.config import load_config
-    from visionmtl.benchmark.compare import compare_strategies, format_compare, parse_strategies
 
     cfg = load_config(args.config, args.set)
+
+    from visionmtl.benchmark.compare import compare_strategies, format_compare, parse_strategies
     names = parse_strategies(args.strategies)
     result = compare_strategies(cfg, names, args.out, args.epochs, args.threads)
     print(format_compare(result))

@@ -27,10 +27,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.config import load_config
+
+    cfg = load_config(args.config, args.set)  # every key checked before torch loads: a typo fails at once
+
     from visionmtl.engine import dist
     from visionmtl.engine.trainer import Trainer
 
-    cfg = load_config(args.config, args.set)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     trainer = Trainer(cfg, cfg.work_dir, resume=args.resume)
