@@ -284,7 +284,7 @@ def test_soft_penalty_pulls_backbones_together(shapes_dir, tmp_path):
     (["train.method.task_grad_clip=1.0"], "needs per-task gradients"),
     (["model.sharing=cross"], "model.sharing"),
     (["train.stages=[{epochs: 1, freeze: [neck]}]"], "unknown part 'neck'"),
-    (["train.stages=[{epochs: 99}]"], "stages last 99 epochs"),
+    (["train.stages=[{epochs: 99}]"], "train.stages' lasts 99 epochs"),
 ])
 def test_strategy_config_errors(shapes_dir, tmp_path, sets, match):
     from visionmtl.config import save_config

@@ -41,7 +41,8 @@ def main(args) -> None:
     finally:
         dist.cleanup()
     if trainer.main:
-        print(f"outputs in {trainer.work_dir}: last.pt, best.pt, config.yaml, metrics.jsonl, *.png")
+        wrote = sorted(p.name for p in trainer.work_dir.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+        print(f"outputs in {trainer.work_dir}: {', '.join(wrote)}")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run(main: Callable, args) -> int:
     """Call ``main(args)``; input errors print ``error: <message>`` and exit 2, Ctrl-C exits 130."""
+    from .errors import one_line
+
     try:
         main(args)
-    except expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # input errors (also raised in DataLoader workers) are one line
+        msg = one_line(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

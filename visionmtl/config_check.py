@@ -73,7 +73,11 @@ def validate(cfg: Any, origin: dict, file: str) -> None:
         ("data.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
         ("data.val_batch_size", d.val_batch_size, d.val_batch_size >= 0, ">= 0 (0 = batch_size)"),
         ("data.workers", d.workers, d.workers >= 0, ">= 0"),
-        ("train.epochs", tc.epochs, tc.epochs >= 0, ">= 0"),
+        ("train.epochs", tc.epochs, tc.epochs >= 1, ">= 1"),
+        ("train.max_iters", tc.max_iters, tc.max_iters >= 0, ">= 0 (0 = no limit)"),
+        ("train.clip_grad", tc.clip_grad, tc.clip_grad >= 0, ">= 0 (0 = off)"),
+        ("train.warmup_iters", tc.warmup_iters, tc.warmup_iters >= 0, ">= 0"),
+        ("train.threads", tc.threads, tc.threads >= 0, ">= 0 (0 = torch's default)"),
         ("train.lr", tc.lr, tc.lr > 0, "> 0"),
         ("train.weight_decay", tc.weight_decay, tc.weight_decay >= 0, ">= 0"),
         ("train.eval_interval", tc.eval_interval, tc.eval_interval >= 1, ">= 1"),
@@ -138,8 +142,8 @@ def _validate_strategy(cfg: Any, origin: dict, file: str) -> None:
         if all(t in st.freeze for t in trained) and "backbone" in st.freeze:
             raise ConfigError(f"{where(key, origin, file)}: stage {st.name or i} freezes everything it trains")
     if total > tc.epochs:
-        raise ConfigError(f"{where('train.stages', origin, file)}: the stages last {total} epochs but train.epochs "
-                          f"is {tc.epochs}")
+        raise ConfigError(f"{where('train.stages', origin, file)}: key 'train.stages' lasts {total} epochs but "
+                          f"train.epochs is {tc.epochs}")
 
 
 def _validate_datasets(cfg: Any, origin: dict, file: str) -> None:

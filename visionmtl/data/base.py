@@ -92,7 +92,9 @@ def read_image(path: str) -> np.ndarray:
         raise DataError(path, "image file not found")
     if buf.size == 0:
         raise DataError(path, "image file is empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # pixels as stored: EXIF orientation is ignored, as the annotations' pixel frame (COCO's width,
+    # height, boxes, polygons; mask PNGs) assumes; see README "Data formats"
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise DataError(path, "cannot decode image (corrupt or not an image)")
     if _truncated_jpeg(path, buf):
@@ -104,7 +106,7 @@ def read_mask(path: str) -> np.ndarray:
     """Read a single-channel class-index PNG as HxW uint8, or raise DataError naming the file."""
     if not _exists(path):
         raise DataError(path, "mask file not found")
-    m = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    m = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # UNCHANGED ignores EXIF too
     if m is None:
         raise DataError(path, "cannot decode mask (corrupt or not an image)")
     if m.ndim == 3:

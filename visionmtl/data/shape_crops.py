@@ -60,7 +60,7 @@ def make_shape_crops(shapes_dir: str | Path, per_class: int, splits: tuple[str, 
                 continue
             img_id = a["image_id"]
             if img_id not in cache:
-                cache = {img_id: cv2.imread(str(root / split / "images" / files[img_id]), cv2.IMREAD_COLOR)}
+                cache = {img_id: cv2.imread(str(root / split / "images" / files[img_id]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)}
             target = out / split / name / f"{a['id']:07d}.jpg"
             cv2.imwrite(str(target), _crop(cache[img_id], a["bbox"]), [cv2.IMWRITE_JPEG_QUALITY, 95])
             done[name] += 1

@@ -46,12 +46,30 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write to ``<path>.tmp`` then rename, so a crash never leaves a half-written checkpoint."""
+    """Write to ``<path>.tmp``, fsync, then rename: a crash never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -59,10 +77,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        text = str(e)
+        if "weights_only" in text or "Weights only load failed" in text:
+            # torch's advice (weights_only=False) would run code from the file: never pass it on
+            why = "it holds pickled Python objects beyond tensors and plain values"
+        else:
+            why = f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
+        raise CheckpointError(f"{path}: cannot read checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a visionmtl checkpoint (no 'model' entry)")
     return ckpt

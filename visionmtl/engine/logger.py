@@ -29,12 +29,14 @@ class RunLogger:
     """
 
     def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
-                 append: bool = True):
+                 append: bool = True, trim_after: int | None = None):
         self.dir = Path(work_dir)
         self.enabled = enabled
         self.tb = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if append and trim_after is not None:
+                trim_log(self.dir / "metrics.jsonl", trim_after)
             self.file = open(self.dir / "metrics.jsonl", "a" if append else "w", buffering=1)
             if tensorboard:
                 try:
@@ -59,6 +61,28 @@ class RunLogger:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def trim_log(path: Path, last_iter: int) -> int:
+    """Drop records after iteration ``last_iter`` (a resumed run logs them again); atomic. Returns how many."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            it = json.loads(line).get("iter", 0)
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1  # a line half-written when the run was killed
+            continue
+        if it <= last_iter:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, path)
+    return dropped
 
 
 def _json_default(o):

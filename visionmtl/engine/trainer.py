@@ -27,7 +27,7 @@ from ..data.loader import build_dataset, build_loader
 from ..data.sampler import MultiDataset
 from ..models.build import build_model
 from . import dist
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import ConfigError, DataError, NonFiniteLossError
 from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_state, save_checkpoint, set_rng_state
 from .runtime import cpu_bf16_fast, pick_amp, pick_device, seed_everything
 from .step import StepParts, train_step
@@ -55,8 +55,15 @@ class Trainer:
     def __init__(self, cfg: Config, work_dir: Optional[str] = None, resume: bool | str = False):
         self.cfg = cfg
         self.work_dir = Path(work_dir or cfg.work_dir)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.work_dir}: cannot create the work dir ({e.strerror or e})") from None
         tc = cfg.train
-        self.device = pick_device(tc.device)
+        try:
+            self.device = pick_device(tc.device)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"train.device: {e}") from None
         self.rank, self.world, local_rank = dist.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
@@ -108,7 +115,9 @@ class Trainer:
         self.history: list[dict] = []  # per-iteration losses of this process (tests, plots)
         if resume:
             self.resume(self.work_dir / "last.pt" if resume is True else Path(resume))
-        self.logger = RunLogger(self.work_dir, enabled=self.main, append=bool(resume))
+        # a resumed run logs the iterations after its checkpoint again: trim them from metrics.jsonl
+        self.logger = RunLogger(self.work_dir, enabled=self.main, append=bool(resume),
+                                trim_after=self.iter if resume else None)
         if self.main:
             save_config(cfg, self.work_dir / "config.yaml")
 
@@ -228,6 +237,7 @@ class Trainer:
             self.net.train()
             self._epoch_loss, self._epoch_count = {}, {}
             n_bad = 0
+            iter_before = self.iter
             bar = tqdm(self.epoch_batches(epoch), total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        disable=not self.main, dynamic_ncols=True, leave=False,
                        mininterval=0.5 if sys.stderr.isatty() else 60.0)  # logs: about one line a minute
@@ -253,6 +263,9 @@ class Trainer:
                 if self.iter >= self.total_iters:
                     break
             bar.close()
+            if self.iter == iter_before and n_bad:
+                raise DataError("data.train", f"epoch {epoch + 1}: all {n_bad} samples were bad "
+                                "(data.on_bad_sample: skip), so nothing was trained; see the warnings above")
             self._end_epoch_losses()
             if self.alternating or self.cfg.train.stages:
                 self.logger.log("tasks", self.iter, {"steps": dict(self.task_steps), "images": dict(self.task_images)},

@@ -158,7 +158,11 @@ def load_backbone_state_dict(model: nn.Module, weights: str, name: str = "resnet
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(f"could not read backbone weights {path}: {exc}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+                # torch's advice (retry with weights_only=False) would run code from the file: don't pass it on
+                first = "it holds pickled Python objects, not only tensors (save a state_dict instead)"
+            raise WeightsError(f"could not read backbone weights {path}: {first}") from None
         state = _unwrap_checkpoint(obj, path)
         source = path
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}

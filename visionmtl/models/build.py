@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..config import Config
+from ..errors import ConfigError
 from ..tasks import spec
 from .backbone import LEVEL_STRIDES, Backbone
 from .multitask import MultiTaskModel
@@ -100,5 +101,10 @@ def build_model(cfg: Config | Mapping[str, Any], tasks: Mapping[str, Mapping[str
         kind = spec(t)
         plain[name] = {"type": t.type, "num_classes": len(kind.outputs(t)), **kind.head_kwargs(t)}
     m = cfg.model
-    return build_multitask(dataclasses.asdict(m.backbone), plain, sharing=m.sharing, soft_lambda=m.soft_lambda,
-                           adapter_reduction=m.adapter_reduction)
+    try:
+        return build_multitask(dataclasses.asdict(m.backbone), plain, sharing=m.sharing, soft_lambda=m.soft_lambda,
+                               adapter_reduction=m.adapter_reduction)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a combination of model keys that cannot be built: one line naming them
+        raise ConfigError(f"model: {e}") from None

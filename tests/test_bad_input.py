@@ -1,0 +1,251 @@
+"""A catalogue of faults a user can cause: each ends in one ``error: ...`` line naming the file, key or
+value, with exit code 2, also when the fault is met inside a DataLoader worker."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.data_helpers import write_image
+from visionmtl.cli import run
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ["circle", "square", "triangle", "star"]
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _call(capsys, tool: str, argv: list[str]) -> tuple[int, str]:
+    mod = _tool(tool)
+    code = run(mod.main, mod.get_args_parser().parse_args([str(a) for a in argv]))
+    return code, capsys.readouterr().err
+
+
+def _assert_one_line(code: int, err: str, *names: str) -> str:
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    line = lines[0]
+    for n in names:
+        assert str(n) in line, (n, line)
+    return line
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shapes_dir):
+    """A copy of the tiny shapes data (cases damage it) and a config writer."""
+    root = tmp_path_factory.mktemp("bad")
+    shutil.copytree(shapes_dir, root / "shapes")
+    return root
+
+
+def _yaml(path: Path, ann: Path, img_dir: Path, extra: str = "", workers: int = 0) -> Path:
+    path.write_text(f"""
+tasks:
+  cls: {{type: classification, classes: {SHAPES}, head: {{levels: [p3, p4, p5]}}}}
+  det: {{type: detection, classes: {SHAPES}, head: {{num_convs: 1}}}}
+model: {{backbone: {{name: resnet18, fpn_channels: 16, num_stages: 3}}}}
+data:
+  img_size: 64
+  batch_size: 4
+  workers: {workers}
+  train: [{{type: coco, ann_file: {ann}, img_dir: {img_dir}}}]
+train: {{epochs: 1, max_iters: 2, amp: 'off', threads: 1, warmup_iters: 1}}
+{extra}
+""")
+    return path
+
+
+def _good(tmp_path: Path, data: Path, **kw) -> Path:
+    s = data / "shapes" / "train"
+    return _yaml(tmp_path / "c.yaml", s / "annotations.json", s / "images", **kw)
+
+
+# ----------------------------------------------------------------------------- config
+CONFIG_CASES = [
+    # (--set overrides, words the message must name)
+    (["data.batch_size=-4"], ["data.batch_size", "-4"]),
+    (["train.lr=-1"], ["train.lr", "-1"]),
+    (["train.epochs=0"], ["train.epochs", ">= 1"]),
+    (["data.img_size=100"], ["data.img_size", "multiple of 32", "100"]),
+    (["data.workers=-1"], ["data.workers"]),
+    (["train.amp=fp8"], ["train.amp", "fp8"]),
+    (["train.optimizer=adam"], ["train.optimizer", "adamw"]),
+    (["tasks.det.head.num_convz=1"], ["tasks.det.head.num_convz", "did you mean 'tasks.det.head.num_convs'"]),
+    (["tasks.cls.multilabl=false"], ["tasks.cls.multilabl", "did you mean 'tasks.cls.multilabel'"]),
+    (["tasks.cls.type=clasification"], ["tasks.cls.type", "clasification", "regression", "detection"]),
+    (["train.method.name=pcgrad", "train.method.args.alfa=1"], ["train.method.args.alfa"]),
+    (["train.method.name=magic"], ["train.method.name", "magic"]),
+    (["data.train.0.ann_fil=x.json"], ["ann_fil", "did you mean 'ann_file'"]),
+    (["data.train.0.type=yolo"], ["unknown dataset type 'yolo'"]),
+    (["data.train.0.tasks=[seg]"], ["unknown task 'seg'"]),
+    (["train.stages=[{epochs: 5}]"], ["train.stages", "5 epochs"]),
+    (["train.device=cuda:3"], ["train.device", "CUDA"]),
+    (["traing.lr=0.1"], ["traing"]),
+    (["tasks.det.weight=abc"], ["tasks.det.weight", "float", "abc"]),
+]
+
+
+@pytest.mark.parametrize("overrides,names", CONFIG_CASES, ids=[c[0][-1] for c in CONFIG_CASES])
+def test_config_faults(capsys, tmp_path, data, overrides, names):
+    if "train.device=cuda:3" in overrides and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = _good(tmp_path, data)
+    code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", *overrides])
+    _assert_one_line(code, err, *names)
+
+
+def test_config_file_faults(capsys, tmp_path, data):
+    code, err = _call(capsys, "train", [tmp_path / "missing.yaml"])
+    _assert_one_line(code, err, "missing.yaml", "not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [unclosed\n")
+    code, err = _call(capsys, "train", [bad])
+    _assert_one_line(code, err, "bad.yaml", "not valid YAML")
+    code, err = _call(capsys, "train", [_good(tmp_path, data), "--set", "train.lr"])
+    _assert_one_line(code, err, "train.lr", "key=value")
+
+
+def test_lr_written_as_1e_4_is_a_number(tmp_path, data):
+    from visionmtl.config import load_config
+
+    cfg = _good(tmp_path, data, extra="")
+    assert load_config(cfg, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
+    text = cfg.read_text().replace("amp: 'off'", "amp: 'off', lr: 1e-4")
+    cfg.write_text(text)
+    assert load_config(cfg).train.lr == pytest.approx(1e-4)
+
+
+def test_work_dir_under_a_file(capsys, tmp_path, data):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _call(capsys, "train", [_good(tmp_path, data), "--work-dir", blocker / "run"])
+    _assert_one_line(code, err, str(blocker / "run"), "work dir")
+
+
+# ----------------------------------------------------------------------------- data, with and without workers
+def _damage(data: Path, tmp_path: Path, how: str) -> tuple[Path, Path, str]:
+    """A copy of the train split with one fault; returns (ann, img_dir, the name the message must give)."""
+    src = data / "shapes" / "train"
+    dst = tmp_path / "split"
+    shutil.copytree(src, dst)
+    ann, images = dst / "annotations.json", dst / "images"
+    coco = json.loads(ann.read_text())
+    first = images / coco["images"][0]["file_name"]
+    if how == "missing image":
+        first.unlink()
+        return ann, images, first.name
+    if how == "truncated image":
+        first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+        return ann, images, first.name
+    if how == "not an image":
+        first.write_bytes(b"hello")
+        return ann, images, first.name
+    if how == "wrong size":
+        img = cv2.imread(str(first))
+        cv2.imwrite(str(first), cv2.resize(img, (img.shape[1] + 8, img.shape[0])))
+        return ann, images, first.name
+    if how == "bad annotation json":
+        ann.write_text("{not json")
+        return ann, images, ann.name
+    if how == "missing annotation file":
+        ann.unlink()
+        return ann, images, ann.name
+    raise ValueError(how)
+
+
+DATA_CASES = ["missing image", "truncated image", "not an image", "wrong size", "bad annotation json",
+              "missing annotation file"]
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["main process", "worker"])
+@pytest.mark.parametrize("how", DATA_CASES)
+def test_data_faults(capsys, tmp_path, data, how, workers):
+    ann, images, name = _damage(data, tmp_path, how)
+    cfg = _yaml(tmp_path / "c.yaml", ann, images, workers=workers)
+    code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", "train.max_iters=0"])
+    _assert_one_line(code, err, name)
+
+
+def test_every_sample_bad_is_an_error_not_a_success(capsys, tmp_path, data):
+    ann, images, _ = _damage(data, tmp_path, "missing image")
+    for p in images.iterdir():
+        p.write_bytes(b"")
+    cfg = _yaml(tmp_path / "c.yaml", ann, images, extra="", workers=0)
+    code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", "data.on_bad_sample=skip"])
+    _assert_one_line(code, err, "all", "samples were bad", "nothing was trained")
+    assert not (tmp_path / "w" / "best.pt").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints and weights
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, data):
+    from visionmtl.config import load_config
+    from visionmtl.engine.trainer import Trainer
+
+    d = tmp_path_factory.mktemp("ck")
+    cfg = load_config(_good(d, data))
+    Trainer(cfg, str(d / "w")).train()
+    return d / "w" / "last.pt"
+
+
+def test_checkpoint_faults(capsys, tmp_path, ckpt):
+    img = write_image(tmp_path / "x.jpg", 32, 32)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "obj": Path("x")}, pickled)  # a class instance: not weights-only loadable
+    cases = [(tmp_path / "none.pt", ["none.pt", "not found"]), (empty, ["empty.pt", "empty"]),
+             (garbage, ["garbage.pt", "cannot read"]), (pickled, ["pickled.pt", "pickled Python objects"])]
+    for path, names in cases:
+        code, err = _call(capsys, "infer", [path, "--source", img, "--out", tmp_path / "o"])
+        line = _assert_one_line(code, err, *names)
+        assert "weights_only=False" not in line
+    code, err = _call(capsys, "infer", [ckpt, "--source", tmp_path / "nope.jpg", "--out", tmp_path / "o"])
+    _assert_one_line(code, err, "nope.jpg")
+    code, err = _call(capsys, "infer", [ckpt, "--source", img, "--conf", "2", "--out", tmp_path / "o"])
+    _assert_one_line(code, err, "--conf", "2")
+
+
+def test_pickled_backbone_weights_give_no_unsafe_advice(capsys, tmp_path, data):
+    weights = tmp_path / "w.pth"
+    torch.save({"state_dict": {}, "obj": Path("x")}, weights)
+    code, err = _call(capsys, "train", [_good(tmp_path, data), "--work-dir", tmp_path / "w",
+                                        "--set", f"model.backbone.weights={weights}"])
+    line = _assert_one_line(code, err, "w.pth", "pickled Python objects")
+    assert "weights_only=False" not in err
+
+
+# ----------------------------------------------------------------------------- EXIF
+def test_exif_orientation_is_ignored_everywhere(tmp_path):
+    """Rule: pixels as stored. A non-square JPEG with orientation 6 (90° clockwise) keeps its stored
+    size and pixels, so COCO's width/height and boxes (in that frame) still fit it."""
+    from PIL import Image
+
+    from visionmtl.data.base import read_image
+
+    arr = np.zeros((24, 40, 3), np.uint8)
+    arr[:, :10] = (255, 0, 0)  # a red band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rot.jpg"
+    Image.fromarray(arr).save(path, exif=exif.tobytes(), quality=95)
+    assert cv2.imread(str(path)).shape[:2] == (40, 24)  # what OpenCV's default would have done
+    img = read_image(str(path))
+    assert img.shape == (24, 40, 3)
+    assert img[:, :10, 0].mean() > 200 and img[:, 20:, 0].mean() < 50
