@@ -64,6 +64,11 @@ class CocoAdapter(BaseAdapter):
     ``crowd_labels`` [K], which evaluation hands to COCOeval as ``iscrowd`` ground truth (a
     detection on a crowd region is then neither a hit nor a false positive) and training ignores.
 
+    For evaluation, ``boxes`` come with ``box_areas`` float64 [N] (and ``crowd_boxes`` with
+    ``crowd_areas`` [K]): each annotation's ``area`` field in original pixels (for COCO the
+    segmentation's pixel area), which COCOeval's small / medium / large split uses rather than
+    the box area. An annotation without ``area`` (or with ``null``) gets its kept box's area.
+
     ``labels`` is the sorted set of categories of the image's non-crowd annotations (boxes
     dropped as degenerate still count). Images without annotations are valid negatives:
     ``boxes`` of shape ``[0, 4]``, empty ``labels`` and an all-background mask.
@@ -193,6 +198,9 @@ class CocoAdapter(BaseAdapter):
             b = a["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
                 raise DataError(f, f"{name} has bbox {b!r}; expected [x, y, width, height]")
+            area = a.get("area")  # optional; COCOeval's size ranges use it
+            if area is not None and not _is_area(area):
+                raise DataError(f, f"{name} has area {area!r}; expected a finite number >= 0")
 
     def _read_values(self, images: list) -> list[dict[str, float]]:
         """The ``value_fields`` of each image record, as floats; checks every image."""
@@ -250,6 +258,7 @@ class CocoAdapter(BaseAdapter):
         n_img = len(self._images)
         self._boxes: list[np.ndarray] = []
         self._box_labels: list[np.ndarray] = []
+        self._box_areas: list[np.ndarray] = []  # each kept box's annotation area (original pixels)
         self._labels: list[np.ndarray] = []
         self._instances: list[list[int]] = []  # non-crowd ann ids of each image
         self._crowds: list[list[int]] = []  # crowd ann ids of each image
@@ -259,7 +268,7 @@ class CocoAdapter(BaseAdapter):
             anns = self.coco.imgToAnns.get(im["id"], [])
             if not anns:
                 empty += 1
-            boxes, box_labels, inst, crowds = [], [], [], []
+            boxes, box_labels, areas, inst, crowds = [], [], [], [], []
             for a in anns:
                 if a.get("iscrowd", 0):
                     crowd += 1
@@ -277,8 +286,10 @@ class CocoAdapter(BaseAdapter):
                 else:
                     boxes.append((x1, y1, x2, y2))
                     box_labels.append(k)
+                    areas.append(_area(a, x1, y1, x2, y2))
             self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
             self._box_labels.append(np.asarray(box_labels, dtype=np.int64))
+            self._box_areas.append(np.asarray(areas, dtype=np.float64))
             cats = {self.cat_to_native[self.coco.anns[i]["category_id"]] for i in inst}
             self._labels.append(np.asarray(sorted(cats), dtype=np.int64))
             self._instances.append(inst)
@@ -325,8 +336,9 @@ class CocoAdapter(BaseAdapter):
         target: dict = {}
         if "boxes" in self.provides:
             target["boxes"] = self._boxes[i].copy()
+            target["box_areas"] = self._box_areas[i].copy()  # for evaluation: COCO's size ranges
             if self._crowds[i]:  # for evaluation: COCOeval ignores detections on crowd regions
-                target["crowd_boxes"], target["crowd_labels"] = self._crowd_boxes(i, h, w)
+                target["crowd_boxes"], target["crowd_labels"], target["crowd_areas"] = self._crowd_boxes(i, h, w)
         if "box_labels" in self.provides:
             target["box_labels"] = self._box_labels[i].copy()
         if "mask" in self.provides:
@@ -337,8 +349,8 @@ class CocoAdapter(BaseAdapter):
             target["values"] = dict(self._values[i])
         return img, target
 
-    def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        boxes, labels = [], []
+    def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, labels, areas = [], [], []
         for aid in self._crowds[i]:
             a = self.coco.anns[aid]
             x, y, bw, bh = (float(v) for v in a["bbox"])
@@ -346,7 +358,9 @@ class CocoAdapter(BaseAdapter):
             if x2 > x1 and y2 > y1:
                 boxes.append((x1, y1, x2, y2))
                 labels.append(self.cat_to_native[a["category_id"]])
-        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
+                areas.append(_area(a, x1, y1, x2, y2))
+        return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
+                np.asarray(areas, np.float64))
 
     # ------------------------------------------------------------------ masks
     def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:
@@ -417,6 +431,21 @@ class CocoAdapter(BaseAdapter):
 
 def _image_name(im: dict) -> str:
     return f"image id {im['id']} ({im['file_name']})"
+
+
+def _is_area(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and v >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _area(a: dict, x1: float, y1: float, x2: float, y2: float) -> float:
+    """The annotation's ``area`` field (COCOeval's size ranges), else the area of its kept box."""
+    area = a.get("area")
+    return float(area) if area is not None else (x2 - x1) * (y2 - y1)
 
 
 def _has_segmentation(a: dict) -> bool:

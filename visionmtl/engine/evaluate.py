@@ -1,7 +1,8 @@
 """Run a model over a loader and compute every task's metrics.
 
-Detection is scored by pycocotools in original image pixels (predicted and ground-truth boxes
-are both scaled back from the network input); segmentation by a confusion matrix at the original
+Detection is scored by pycocotools in original image pixels (predictions scaled back from the
+network input; ground truth as the annotation gave it, with its ``area`` for mAP_s/m/l, when the
+adapter provides it: ``eval_boxes``/``eval_areas``); segmentation by a confusion matrix at the original
 resolution (logits resized back as inference does, against the untouched mask, or the
 transformed one without its padded border when the input was not resized); classification by
 AP / top-1. Only the images that

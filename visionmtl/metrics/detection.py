@@ -50,10 +50,12 @@ class CocoDetectionEvaluator:
 
     ``update(preds, targets, image_ids=None)`` takes per-image prediction dicts
     (``boxes`` [N,4] xyxy, ``scores`` [N], ``labels`` [N]) and target dicts (``boxes`` [M,4]
-    xyxy, ``box_labels`` [M], optional ``iscrowd`` [M]) in the same pixel coordinates. A target
-    without ``boxes`` is not labelled for detection and the image is skipped. An image with
-    ``boxes`` of shape ``[0, 4]`` is a labelled image without objects: its predictions are false
-    positives. GT areas are box areas (``w * h``).
+    xyxy, ``box_labels`` [M], optional ``iscrowd`` [M], optional ``areas`` [M]) in the same pixel
+    coordinates. A target without ``boxes`` is not labelled for detection and the image is
+    skipped. An image with ``boxes`` of shape ``[0, 4]`` is a labelled image without objects: its
+    predictions are false positives. ``areas`` are the GT annotations' COCO ``area`` (for COCO
+    the segmentation's pixel area), which decides the small / medium / large ranges of
+    ``mAP_s``/``mAP_m``/``mAP_l``; without them a GT's area is its box area (``w * h``).
 
     ``compute()`` returns ``{"mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l", "AR100",
     "per_class": {"AP": {name: AP@[.5:.95]}, "AP50": {name: AP@.5}}}``. A value that COCO leaves
@@ -136,6 +138,14 @@ class CocoDetectionEvaluator:
                     raise ValueError(f"iscrowd has {crowd.shape[0]} entries but there are {len(gt_boxes)} boxes")
             else:
                 crowd = np.zeros(len(gt_boxes), dtype=np.int64)
+            if "areas" in t and t["areas"] is not None:
+                areas = to_numpy(t["areas"]).astype(np.float64).reshape(-1)
+                if areas.shape[0] != len(gt_boxes):
+                    raise ValueError(f"areas has {areas.shape[0]} entries but there are {len(gt_boxes)} boxes")
+                if not np.all(np.isfinite(areas)) or np.any(areas < 0):
+                    raise ValueError("areas must be finite and >= 0")
+            else:
+                areas = None
             dt_boxes = self._boxes(p.get("boxes", np.zeros((0, 4))), "predicted boxes")
             dt_scores = to_numpy(p.get("scores", np.zeros(0))).astype(np.float64).reshape(-1)
             if dt_scores.shape[0] != len(dt_boxes):
@@ -151,7 +161,7 @@ class CocoDetectionEvaluator:
                 self._seen.add(img_id)
             self._records.append({
                 "image_id": img_id,
-                "gt_boxes": gt_boxes, "gt_labels": gt_labels, "iscrowd": crowd,
+                "gt_boxes": gt_boxes, "gt_labels": gt_labels, "iscrowd": crowd, "gt_areas": areas,
                 "dt_boxes": dt_boxes, "dt_scores": dt_scores, "dt_labels": dt_labels,
             })
         self._auto = auto
@@ -191,13 +201,16 @@ class CocoDetectionEvaluator:
         for r in self._records:
             images.append({"id": r["image_id"]})
             xywh = _xyxy_to_xywh(r["gt_boxes"])
-            for b, lab, crowd in zip(xywh, r["gt_labels"], r["iscrowd"]):
+            areas = r.get("gt_areas")
+            if areas is None:  # no annotation areas given: box areas
+                areas = xywh[:, 2] * xywh[:, 3]
+            for b, lab, crowd, area in zip(xywh, r["gt_labels"], r["iscrowd"], areas):
                 anns.append({
                     "id": len(anns) + 1,
                     "image_id": r["image_id"],
                     "category_id": self.cat_ids[int(lab)],
                     "bbox": [float(v) for v in b],
-                    "area": float(b[2] * b[3]),
+                    "area": float(area),
                     "iscrowd": int(crowd),
                 })
         return {"images": images, "annotations": anns, "categories": self._categories()}

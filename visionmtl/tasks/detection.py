@@ -2,7 +2,11 @@
 
 Targets: ``boxes`` float32 ``[N,4]`` xyxy pixels and ``box_labels`` int64 ``[N]`` (``N = 0``:
 labelled, no objects); COCO crowd regions ride along as ``crowd_boxes``/``crowd_labels`` in
-original pixels for evaluation only. Metrics: pycocotools bbox mAP (main), mAP50, mAP75 and
+original pixels for evaluation only. Evaluation targets also keep the mapped boxes untouched by
+the transform, ``eval_boxes``/``eval_labels`` (original pixels; the eval resize can drop a box
+under 1 px², and these still hold it), with ``eval_areas`` when the adapter gives annotation
+areas (COCO ``box_areas``; ``crowd_areas`` for the crowd regions), so COCOeval's small / medium /
+large split uses the annotations' areas. Metrics: pycocotools bbox mAP (main), mAP50, mAP75 and
 per-class AP, in original pixels. Flip TTA mirrors the second pass's boxes back, pools both sets
 and runs class-wise NMS.
 """
@@ -75,10 +79,20 @@ class DetectionTask(TaskType):
             keep = ids >= 0
             out["boxes"] = np.asarray(raw["boxes"], np.float32).reshape(-1, 4)[keep]
             out["box_labels"] = ids[keep]
-            if not geometric and "crowd_boxes" in raw:  # evaluation only, in original pixels
+            if geometric:  # training: the transform may crop boxes away; nothing for evaluation
+                return
+            # evaluation only, as torch tensors (the transform passes them through untouched):
+            # the ground truth in original pixels, every box of it, with the annotations' areas
+            out["eval_boxes"] = torch.as_tensor(out["boxes"].copy())
+            out["eval_labels"] = torch.as_tensor(out["box_labels"].copy())
+            if "box_areas" in raw:
+                out["eval_areas"] = torch.as_tensor(_areas(raw["box_areas"], len(keep), "box_areas")[keep])
+            if "crowd_boxes" in raw:
                 ids = table[np.asarray(raw["crowd_labels"], np.int64)]
                 out["crowd_boxes"] = torch.as_tensor(np.asarray(raw["crowd_boxes"], np.float32).reshape(-1, 4)[ids >= 0])
                 out["crowd_labels"] = torch.as_tensor(ids[ids >= 0])
+                if "crowd_areas" in raw:
+                    out["crowd_areas"] = torch.as_tensor(_areas(raw["crowd_areas"], len(ids), "crowd_areas")[ids >= 0])
         return map_boxes
 
     # ------------------------------------------------------------------ evaluation
@@ -156,19 +170,50 @@ class DetectionTask(TaskType):
 
 
 def detection_gt(target: dict, meta: dict) -> dict:
-    """A target's boxes in original pixels for the COCO evaluator, crowd regions as ``iscrowd``."""
+    """A target's boxes in original pixels for the COCO evaluator, crowd regions as ``iscrowd``.
+
+    The mapper's ``eval_boxes``/``eval_labels`` (original pixels, untouched by the transform)
+    when the target has them, else ``boxes`` scaled back from the network input. With
+    ``eval_areas`` (annotation areas, original pixels) the result also has ``areas`` float64,
+    one per box (a crowd region without ``crowd_areas`` gets its box area); without them the
+    evaluator uses box areas.
+    """
     import torch
 
     from ..models.heads.common import rescale_boxes
 
-    boxes = rescale_boxes(target["boxes"].float().cpu(), meta["input_size"], meta["orig_size"])
-    labels = target["box_labels"].cpu()
+    if "eval_boxes" in target:  # already in original pixels (mapper above)
+        boxes, labels = target["eval_boxes"].float().cpu(), target["eval_labels"].cpu()
+    else:
+        boxes = rescale_boxes(target["boxes"].float().cpu(), meta["input_size"], meta["orig_size"])
+        labels = target["box_labels"].cpu()
+    areas = target["eval_areas"].double().cpu() if "eval_areas" in target and "eval_boxes" in target else None
+    if areas is not None and len(areas) != len(boxes):
+        raise ValueError(f"eval_areas has {len(areas)} entries but there are {len(boxes)} eval_boxes")
     crowd = torch.zeros(len(boxes), dtype=torch.int64)
     if "crowd_boxes" in target:  # already in original pixels (mapper above)
-        boxes = torch.cat([boxes, target["crowd_boxes"].float().cpu()])
+        cb = target["crowd_boxes"].float().cpu()
+        boxes = torch.cat([boxes, cb])
         labels = torch.cat([labels, target["crowd_labels"].cpu()])
-        crowd = torch.cat([crowd, torch.ones(len(target["crowd_boxes"]), dtype=torch.int64)])
-    return {"boxes": boxes, "box_labels": labels, "iscrowd": crowd}
+        crowd = torch.cat([crowd, torch.ones(len(cb), dtype=torch.int64)])
+        if areas is not None:
+            ca = target["crowd_areas"].double().cpu() if "crowd_areas" in target else \
+                ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).double()
+            areas = torch.cat([areas, ca])
+    out = {"boxes": boxes, "box_labels": labels, "iscrowd": crowd}
+    if areas is not None:
+        out["areas"] = areas
+    return out
+
+
+def _areas(values, n: int, what: str):
+    """An adapter's per-box areas as float64 ``[n]``."""
+    import numpy as np
+
+    a = np.asarray(values, np.float64).reshape(-1)
+    if len(a) != n:
+        raise ValueError(f"{what} has {len(a)} entries but there are {n} boxes")
+    return a
 
 
 def _merge(a, b, width, size, head) -> dict:
