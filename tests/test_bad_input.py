@@ -227,7 +227,7 @@ def test_pickled_backbone_weights_give_no_unsafe_advice(capsys, tmp_path, data):
     torch.save({"state_dict": {}, "obj": Path("x")}, weights)
     code, err = _call(capsys, "train", [_good(tmp_path, data), "--work-dir", tmp_path / "w",
                                         "--set", f"model.backbone.weights={weights}"])
-    line = _assert_one_line(code, err, "w.pth", "pickled Python objects")
+    _assert_one_line(code, err, "w.pth", "pickled Python objects")
     assert "weights_only=False" not in err
 
 
@@ -249,3 +249,27 @@ def test_exif_orientation_is_ignored_everywhere(tmp_path):
     img = read_image(str(path))
     assert img.shape == (24, 40, 3)
     assert img[:, :10, 0].mean() > 200 and img[:, 20:, 0].mean() < 50
+
+
+# ----------------------------------------------------------------------------- paths leaving the dataset root
+def test_annotation_paths_stay_inside_the_dataset_root(capsys, tmp_path, data):
+    from visionmtl.data.coco import CocoAdapter
+    from visionmtl.data.folder import CsvLabelsAdapter
+
+    outside = write_image(tmp_path / "outside.jpg", 32, 32)
+    inner = tmp_path / "ds" / "images"
+    inner.mkdir(parents=True)
+    src = data / "shapes" / "train"
+    coco = json.loads((src / "annotations.json").read_text())
+    coco["images"][0]["file_name"] = "../../outside.jpg"
+    ann = tmp_path / "ds" / "ann.json"
+    ann.write_text(json.dumps(coco))
+    code, err = _call(capsys, "train", [_yaml(tmp_path / "c.yaml", ann, inner), "--work-dir", tmp_path / "w"])
+    _assert_one_line(code, err, str(ann), "../../outside.jpg", "allow_outside_root")
+    assert CocoAdapter(ann, inner, allow_outside_root=True).path(0) == str(outside)
+    csv = tmp_path / "ds" / "labels.csv"
+    for name in (str(outside), "../outside.jpg"):
+        csv.write_text(f"path,labels\n{name},a\n")
+        with pytest.raises(Exception, match=r"labels.csv: line 2: .* is outside .*allow_outside_root"):
+            CsvLabelsAdapter(csv)
+    assert CsvLabelsAdapter(csv, allow_outside_root=True).path(0) == str(outside)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import os
+
 import cv2
 import numpy as np
 
@@ -83,6 +85,23 @@ def value_stats(values: list[dict[str, float]], names: list[str]) -> dict[str, d
         else:
             out[name] = {"count": 0, "mean": None, "min": None, "max": None}
     return out
+
+
+def inside(root: str, name: str, allow_outside: bool, source: str, what: str) -> str:
+    """``root/name`` for a file named by an annotation; DataError when it leaves ``root``.
+
+    ``name`` may be relative (``..`` included) or absolute; the joined path is normalised
+    (symbolic links are left alone) and must stay under ``root`` unless ``allow_outside``
+    (the adapter's ``allow_outside_root``). ``source`` is the annotation file, ``what`` says where
+    in it the name came from.
+    """
+    path = os.path.normpath(os.path.join(root, name))
+    if not allow_outside:
+        base = os.path.abspath(root)
+        if os.path.commonpath([base, os.path.abspath(path)]) != base:
+            raise DataError(source, f"{what}: {name!r} is outside {root}; set allow_outside_root: true on "
+                                    "this dataset to read it")
+    return path
 
 
 def read_image(path: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .base import MISSING_VALUES, BaseAdapter, name_list, read_image, value_stats
+from .base import MISSING_VALUES, BaseAdapter, inside, name_list, read_image, value_stats
 from .errors import DataError
 
 _KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "values")
@@ -47,6 +47,8 @@ class CocoAdapter(BaseAdapter):
             construction; degenerate boxes are not kept), and ``values_follow`` maps it to
             ``"boxes"``, so that a training crop re-counts the boxes left in view. Needs
             ``boxes`` in ``provides``.
+        allow_outside_root: read a ``file_name`` that leaves ``img_dir`` (``../x.jpg``, an
+            absolute path); by default that is a ``DataError`` naming the file and the image.
 
     Class id spaces:
 
@@ -89,9 +91,11 @@ class CocoAdapter(BaseAdapter):
         value_fields: Sequence[str] = (),
         missing_values: str = "error",
         count_fields: Sequence[str] = (),
+        allow_outside_root: bool = False,
     ):
         self.ann_file = str(ann_file)
         self.img_dir = str(img_dir)
+        self.allow_outside_root = bool(allow_outside_root)
         unknown = [k for k in provides if k not in _KNOWN_KEYS]
         if unknown:
             raise ValueError(f"CocoAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}")
@@ -254,7 +258,8 @@ class CocoAdapter(BaseAdapter):
     # ------------------------------------------------------------------ indexing
     def _index(self, d: dict) -> None:
         self._images: list[dict] = list(d["images"])
-        self._paths = [os.path.join(self.img_dir, im["file_name"]) for im in self._images]
+        self._paths = [inside(self.img_dir, str(im["file_name"]), self.allow_outside_root, self.ann_file,
+                              _image_name(im)) for im in self._images]
         n_img = len(self._images)
         self._boxes: list[np.ndarray] = []
         self._box_labels: list[np.ndarray] = []

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import MISSING_VALUES, BaseAdapter, name_list, read_image, value_stats
+from .base import MISSING_VALUES, BaseAdapter, inside, name_list, read_image, value_stats
 from .errors import DataError
 
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -107,6 +107,8 @@ class CsvLabelsAdapter(BaseAdapter):
         missing_values: what an empty value cell means: ``"error"`` raises ``DataError`` naming
             the file, line and column; ``"unlabelled"`` leaves that name out of the image's
             ``values`` (no label for it).
+        allow_outside_root: read image paths that leave ``root`` (``../x.jpg``, absolute
+            paths); by default that is a ``DataError`` naming the CSV file and line.
 
     ``load(i)`` gives ``{"labels": sorted unique int64 ids}`` (when the CSV has labels) and
     ``{"values": {name: float}}`` (with ``value_columns``). ``provides`` lists exactly those
@@ -123,8 +125,10 @@ class CsvLabelsAdapter(BaseAdapter):
         label_sep: str = ";",
         value_columns: Sequence[str] | None = None,
         missing_values: str = "error",
+        allow_outside_root: bool = False,
     ):
         self.csv_file = str(csv_file)
+        self.allow_outside_root = bool(allow_outside_root)
         if missing_values not in MISSING_VALUES:
             raise ValueError(f"missing_values must be one of {list(MISSING_VALUES)}, got {missing_values!r}")
         self.missing_values = missing_values
@@ -155,7 +159,7 @@ class CsvLabelsAdapter(BaseAdapter):
                 if name not in index:
                     raise DataError(self.csv_file, f"line {line}: label {name!r} not in classes")
                 ids.add(index[name])
-            self._paths.append(rel if os.path.isabs(rel) else os.path.join(self.root, rel))
+            self._paths.append(inside(self.root, rel, self.allow_outside_root, self.csv_file, f"line {line}"))
             self._labels.append(np.asarray(sorted(ids), dtype=np.int64))
             self._values.append(values)
         self._negatives = sum(1 for lab in self._labels if lab.size == 0)
