@@ -273,3 +273,28 @@ def test_annotation_paths_stay_inside_the_dataset_root(capsys, tmp_path, data):
         with pytest.raises(Exception, match=r"labels.csv: line 2: .* is outside .*allow_outside_root"):
             CsvLabelsAdapter(csv)
     assert CsvLabelsAdapter(csv, allow_outside_root=True).path(0) == str(outside)
+
+
+def test_dropped_and_clipped_boxes_are_reported(caplog, tmp_path, data):
+    """A box past the image is clipped, a sub-pixel one dropped: both are counted and logged, not silent."""
+    import logging
+
+    from visionmtl.config import load_config
+    from visionmtl.data.loader import build_dataset
+
+    src = data / "shapes" / "train"
+    coco = json.loads((src / "annotations.json").read_text())
+    im = coco["images"][0]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != im["id"]]
+    base = {"image_id": im["id"], "category_id": 1, "iscrowd": 0, "area": 10.0, "segmentation": []}
+    coco["annotations"] += [{**base, "id": 10**6, "bbox": [im["width"] - 5, 2, 20, 10]},
+                            {**base, "id": 10**6 + 1, "bbox": [3, 3, 0.4, 0.4]}]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(coco))
+    cfg = load_config(_yaml(tmp_path / "c.yaml", ann, src / "images"))
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(cfg, "train")
+    st = ds.parts[0].adapter.stats()
+    assert st["clipped_boxes"] == 1 and st["degenerate_boxes"] == 1
+    text = caplog.text
+    assert "ann.json" in text and "dropped 1 boxes smaller than min_box_size" in text and "clipped 1 boxes" in text

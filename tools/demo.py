@@ -34,13 +34,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> None:
-    import cv2
-
     from visionmtl.config import load_config
     from visionmtl.data.base import read_image
     from visionmtl.data.collate import Collate
     from visionmtl.data.shapes import ensure_shapes
     from visionmtl.engine.trainer import Trainer
+    from visionmtl.files import write_image, write_text
     from visionmtl.inference.draw import draw_result
 
     t0 = time.time()
@@ -57,7 +56,7 @@ def main(args) -> None:
     metrics = trainer.train()
     train_time = time.time() - t1
     out = Path(args.work_dir)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
 
     # draw predictions on held-out images, in original pixels
     net = trainer.net.eval()
@@ -74,7 +73,7 @@ def main(args) -> None:
             raw = net(batch.images.to(trainer.device, memory_format=trainer.memory_format))
             pred = net.predict(raw, [meta["input_size"]], [meta["orig_size"]])[0]
         drawn = draw_result(read_image(meta["path"]), pred, cfg.tasks, score_thresh=0.5)
-        cv2.imwrite(str(pred_dir / f"{i:03d}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        write_image(pred_dir / f"{i:03d}.jpg", drawn)
 
     summary = {n: {k: v for k, v in m.items() if k != "per_class"} for n, m in metrics.items() if isinstance(m, dict)}
     print(json.dumps(summary, indent=2))

@@ -30,13 +30,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     from visionmtl.engine.evaluate_tool import evaluate_checkpoint
+    from visionmtl.files import write_text
 
     results = evaluate_checkpoint(args.config, args.checkpoint, args.set, args.split, args.device)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

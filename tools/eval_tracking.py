@@ -35,6 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> None:
     import numpy as np
 
+    from visionmtl.files import write_text
     from visionmtl.inference.track import ByteTracker, evaluate_tracker, synthetic_sequence
 
     detector = None
@@ -60,7 +61,7 @@ def main(args) -> None:
     print(f"overall: MOTA {total['MOTA']:.3f}  ID switches {total['IDSW']} over {args.seeds} sequences "
           f"of {args.frames} frames ({'detector: ' + args.checkpoint if args.checkpoint else 'noisy ground-truth detections'})")
     if args.out:
-        Path(args.out).write_text(json.dumps({"sequences": rows, "overall": total}, indent=2, default=float))
+        write_text(args.out, json.dumps({"sequences": rows, "overall": total}, indent=2, default=float))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def main(args) -> dict:
 def _run(args, source) -> dict:
     import torch
 
+    from visionmtl.files import write_text
     from visionmtl.inference.predictor import Predictor
     from visionmtl.inference.video import format_summary, run_video
 
@@ -99,7 +100,7 @@ def _run(args, source) -> dict:
         summary["e2e_over_model_only"] = summary["fps"] / summary["model_only_fps"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(format_summary(summary))
     if args.compare_model_only:
         print(f"model only: {summary['model_only_fps']:.1f} FPS at batch {args.batch}; "

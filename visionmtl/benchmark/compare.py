@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError, config_from_dict
+from ..files import write_text
 
 log = logging.getLogger("visionmtl")
 
@@ -135,7 +136,7 @@ def _run_one(tree: dict, work_dir: str, result_file: str, threads: int) -> None:
     out = {"metrics": scalars, "iters": trainer.iter, "step_seconds": trainer.step_seconds,
            "wall_seconds": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "start_rss_mb": rss0 / 1024, "task_steps": trainer.task_steps, "task_images": trainer.task_images}
-    Path(result_file).write_text(json.dumps(out, indent=1))
+    write_text(result_file, json.dumps(out, indent=1))  # atomic: a re-run trusts an existing result
 
 
 def run_strategy(cfg: Config, name: str, out_dir: Path, threads: int = 0, tasks: Optional[Sequence[str]] = None) -> dict:
@@ -226,9 +227,9 @@ def _write(rows: list[dict], singles: dict, metric_names: dict, cfg: Config, out
               "backbone": cfg.model.backbone.name, "rows": rows}
     paths = {"md": out_dir / "compare.md", "csv": out_dir / "compare.csv", "json": out_dir / "compare.json",
              "png": out_dir / "compare.png"}
-    paths["md"].write_text(format_compare(result) + "\n")
+    write_text(paths["md"], format_compare(result) + "\n")
     _write_csv(rows, paths["csv"])
-    paths["json"].write_text(json.dumps(result, indent=1, default=str))
+    write_text(paths["json"], json.dumps(result, indent=1, default=str))
     try:
         plot_compare(result, paths["png"])
     except Exception as e:  # a plot must never lose the results

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from ..files import write_text
+
 __all__ = ["accuracy_markdown", "accuracy_text", "flatten", "format_markdown", "plot_chart", "write_report"]
 
 
@@ -261,9 +263,9 @@ def write_report(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "benchmark.md", "csv": out / "benchmark.csv", "json": out / "benchmark.json",
              "png": out / "benchmark.png"}
-    paths["md"].write_text(format_markdown(result) + "\n")
+    write_text(paths["md"], format_markdown(result) + "\n")
     _write_csv(result["combos"], paths["csv"])
-    paths["json"].write_text(json.dumps(result, indent=2, default=_json_default))
+    write_text(paths["json"], json.dumps(result, indent=2, default=_json_default))
     plot_chart(result, paths["png"])
     acc = result.get("accuracy")
     if acc:
@@ -277,9 +279,9 @@ def write_accuracy(acc: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pat
     out.mkdir(parents=True, exist_ok=True)
     paths = {"accuracy_md": out / "accuracy.md", "accuracy_csv": out / "accuracy.csv",
              "accuracy_json": out / "accuracy.json"}
-    paths["accuracy_md"].write_text(accuracy_markdown(acc) + "\n")
+    write_text(paths["accuracy_md"], accuracy_markdown(acc) + "\n")
     rows = [{"model": name, **{k: v for k, v in e.items() if k != "tasks"}, "tasks": e["tasks"]}
             for name, e in acc.get("combos", {}).items()]
     _write_csv(rows, paths["accuracy_csv"])
-    paths["accuracy_json"].write_text(json.dumps(acc, indent=2, default=_json_default))
+    write_text(paths["accuracy_json"], json.dumps(acc, indent=2, default=_json_default))
     return paths

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from ..draw import draw_labels
+from ..files import write_image
 from ..tasks import spec
 from .loader import build_dataset
 
@@ -45,6 +45,6 @@ def browse(cfg, split: str, num: int, out: str, seed: int = 0) -> list[Path]:
             continue
         img = render_sample(sample, cfg.tasks, cfg.data.augment.mean, cfg.data.augment.std)
         p = out_dir / f"{k:03d}_{Path(sample['meta']['path']).stem}.jpg"
-        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        write_image(p, img)
         paths.append(p)
     return paths

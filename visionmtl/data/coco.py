@@ -267,7 +267,7 @@ class CocoAdapter(BaseAdapter):
         self._labels: list[np.ndarray] = []
         self._instances: list[list[int]] = []  # non-crowd ann ids of each image
         self._crowds: list[list[int]] = []  # crowd ann ids of each image
-        degenerate = crowd = no_segm = empty = 0
+        degenerate = clipped = crowd = no_segm = empty = boxless = 0
         for im in self._images:
             h, w = float(im["height"]), float(im["width"])
             anns = self.coco.imgToAnns.get(im["id"], [])
@@ -286,12 +286,15 @@ class CocoAdapter(BaseAdapter):
                 x, y, bw, bh = (float(v) for v in a["bbox"])
                 x1, y1 = min(max(x, 0.0), w), min(max(y, 0.0), h)
                 x2, y2 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
+                if max(abs(x1 - x), abs(y1 - y), abs(x2 - x - bw), abs(y2 - y - bh)) > 0.5:
+                    clipped += 1  # reached past the image by more than half a pixel
                 if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
                     degenerate += 1
                 else:
                     boxes.append((x1, y1, x2, y2))
                     box_labels.append(k)
                     areas.append(_area(a, x1, y1, x2, y2))
+            boxless += bool(inst) and not boxes  # objects annotated, none left as a box
             self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
             self._box_labels.append(np.asarray(box_labels, dtype=np.int64))
             self._box_areas.append(np.asarray(areas, dtype=np.float64))
@@ -304,6 +307,8 @@ class CocoAdapter(BaseAdapter):
             "annotations": len(d["annotations"]),
             "boxes": int(sum(len(b) for b in self._boxes)),
             "degenerate_boxes": degenerate,
+            "clipped_boxes": clipped,
+            "images_left_without_boxes": boxless,
             "crowd_regions": crowd,
             "empty_images": empty,
             "anns_without_segmentation": no_segm,

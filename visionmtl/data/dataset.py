@@ -120,6 +120,24 @@ def build_adapter(d: DatasetConfig, where: str = "") -> BaseAdapter:
         raise ConfigError(f"{where}: dataset type '{d.type}': {e}") from None
 
 
+def report_problems(adapter: BaseAdapter, where: str) -> dict:
+    """Log what the adapter dropped or changed while reading its annotations (never silently)."""
+    st = adapter.stats()
+    source = getattr(adapter, "ann_file", None) or getattr(adapter, "csv_file", None) or ""
+    parts = []
+    if st.get("degenerate_boxes"):
+        parts.append(f"dropped {st['degenerate_boxes']} boxes smaller than min_box_size "
+                     f"({getattr(adapter, 'min_box_size', 1.0):g} px)")
+    if st.get("clipped_boxes"):
+        parts.append(f"clipped {st['clipped_boxes']} boxes that reached past their image")
+    if st.get("images_left_without_boxes"):
+        parts.append(f"{st['images_left_without_boxes']} images have annotated objects but no box left "
+                     "(their mask and labels still show them)")
+    if parts:
+        log.warning("%s%s: %s", where, f" ({source})" if source else "", "; ".join(parts))
+    return st
+
+
 def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
     """The TaskDatasets of ``cfg.data.<split>`` (a list; several may be mixed in one loader)."""
     out = []
@@ -128,6 +146,7 @@ def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
         adapter = build_adapter(d, where)
         if len(adapter) == 0:
             raise DataError(str(d.args), "dataset is empty")
+        report_problems(adapter, where)
         tasks = d.tasks or [n for n, t in cfg.tasks.items() if can_label(adapter, t)]
         out.append(TaskDataset(adapter, cfg.tasks, tasks, transform, d.class_map,
                                cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped, d.limit))

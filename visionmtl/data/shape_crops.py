@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..files import write_image
 from .errors import DataError
 
 __all__ = ["make_shape_crops"]
@@ -62,7 +63,7 @@ def make_shape_crops(shapes_dir: str | Path, per_class: int, splits: tuple[str, 
             if img_id not in cache:
                 cache = {img_id: cv2.imread(str(root / split / "images" / files[img_id]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)}
             target = out / split / name / f"{a['id']:07d}.jpg"
-            cv2.imwrite(str(target), _crop(cache[img_id], a["bbox"]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            write_image(target, _crop(cache[img_id], a["bbox"]), rgb=False, params=[cv2.IMWRITE_JPEG_QUALITY, 95])
             done[name] += 1
         counts[split] = done
     return counts
