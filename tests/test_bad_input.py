@@ -298,3 +298,15 @@ def test_dropped_and_clipped_boxes_are_reported(caplog, tmp_path, data):
     assert st["clipped_boxes"] == 1 and st["degenerate_boxes"] == 1
     text = caplog.text
     assert "ann.json" in text and "dropped 1 boxes smaller than min_box_size" in text and "clipped 1 boxes" in text
+
+
+def test_benchmark_data_follows_on_bad_sample(capsys, tmp_path, data):
+    ann, images, name = _damage(data, tmp_path, "missing image")
+    cfg = _yaml(tmp_path / "c.yaml", ann, images)
+    code, err = _call(capsys, "benchmark_data", [cfg, "--workers", "0", "--batches", "1"])
+    _assert_one_line(code, err, name)
+    mod = _tool("benchmark_data")
+    code = run(mod.main, mod.get_args_parser().parse_args([str(cfg), "--workers", "0", "--batches", "1", "--set",
+                                                           "data.on_bad_sample=skip"]))
+    out = capsys.readouterr().out
+    assert code == 0 and "1 bad samples skipped" in out, out

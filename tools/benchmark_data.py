@@ -35,9 +35,10 @@ def main(args) -> None:
     print(f"train pipeline at {cfg.data.img_size} px, batch {cfg.data.batch_size}")
     if not args.no_profile:
         prof = stage_profile(cfg, n=64)
+        bad = prof.pop("bad")
         total = sum(prof.values())
         print("per-image time in one process: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({v / total:.0%})" for k, v in prof.items())
-              + f"; total {total * 1e3:.2f} ms = {1 / total:.0f} img/s")
+              + f"; total {total * 1e3:.2f} ms = {1 / total:.0f} img/s" + (f"; {bad} bad samples skipped" if bad else ""))
     for w in args.workers:
         ips = loader_speed(cfg, w, args.batches)
         print(f"workers={w}: {ips:.1f} images/s ({ips / max(w, 1):.1f} per worker)")
