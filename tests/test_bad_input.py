@@ -310,3 +310,53 @@ def test_benchmark_data_follows_on_bad_sample(capsys, tmp_path, data):
                                                            "data.on_bad_sample=skip"]))
     out = capsys.readouterr().out
     assert code == 0 and "1 bad samples skipped" in out, out
+
+
+def test_exif_rule_through_dataset_browse_and_inference(tmp_path, ckpt):
+    """Orientation 6 on a square and a non-square image: the dataset's boxes and polygon mask sit on
+    the stored pixels, browse draws the stored frame, and inference answers in the stored frame."""
+    from PIL import Image
+
+    from visionmtl.config import load_config
+    from visionmtl.data.browse import browse
+    from visionmtl.data.loader import build_dataset
+    from visionmtl.inference.predictor import Predictor
+
+    images, anns = [], []
+    for k, (h, w) in enumerate([(64, 64), (48, 80)]):
+        arr = np.full((h, w, 3), 40, np.uint8)
+        arr[5:25, 10:40] = (250, 30, 30)  # the object, in the stored frame
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(arr).save(tmp_path / f"{k}.jpg", exif=exif.tobytes(), quality=98)
+        images.append({"id": k + 1, "file_name": f"{k}.jpg", "width": w, "height": h})
+        anns.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0, "area": 600.0,
+                     "bbox": [10, 5, 30, 20], "segmentation": [[10, 5, 40, 5, 40, 25, 10, 25]]})
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPES)]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"""
+tasks:
+  det: {{type: detection, classes: {SHAPES}}}
+  seg: {{type: segmentation, classes: [background, {', '.join(SHAPES)}]}}
+data:
+  img_size: 64
+  train: [{{type: coco, ann_file: {tmp_path / 'ann.json'}, img_dir: {tmp_path}}}]
+""")
+    cfg = load_config(cfg_path)
+    part = build_dataset(cfg, "train").parts[0]
+    for i, (h, w) in enumerate([(64, 64), (48, 80)]):
+        img, tgt = part.load(i)  # no size-mismatch error: the stored frame is the annotation's
+        assert img.shape[:2] == (h, w)
+        red = (img[..., 0] > 150) & (img[..., 1] < 100)
+        assert tgt["mask"][red].tolist() == [1] * int(red.sum())  # the polygon paints the red pixels
+        assert (tgt["mask"][~red] != 1).mean() > 0.99
+        np.testing.assert_allclose(tgt["boxes"][0], [10, 5, 40, 25])
+    drawn = browse(cfg, "train", 2, str(tmp_path / "browse"))  # augmented samples: no size mismatch either
+    assert len(drawn) == 2 and all(cv2.imread(str(p)) is not None for p in drawn)
+    p = Predictor.from_checkpoint(ckpt, device="cpu")
+    r = p(str(tmp_path / "1.jpg"))
+    assert set(r) == {"cls", "det"}
+    assert p.prepare([cv2.cvtColor(cv2.imread(str(tmp_path / "1.jpg"), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
+                                   cv2.COLOR_BGR2RGB)]).orig_sizes == [(48, 80)]

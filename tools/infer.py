@@ -50,6 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--reconnect", type=int, default=3, help="reconnect attempts when a stream or webcam drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="let FFmpeg print its own messages (quiet by default)")
     p.add_argument("--compare-model-only", type=int, default=0, metavar="N",
                    help="after the run, time the model alone on the first N frames at the same batch and size "
                         "and report end-to-end FPS as a fraction of it")
@@ -58,8 +59,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> dict:
     from visionmtl.config import ConfigError
+    from visionmtl.inference.capture import configure_ffmpeg_logging
     from visionmtl.inference.sources import open_source
     from visionmtl.inference.video import check_display
+
+    if args.verbose:
+        configure_ffmpeg_logging(True)  # before the first capture opens: FFmpeg reads it once
 
     for name in ("batch", "imgsz", "max_frames"):
         v = getattr(args, name)

@@ -13,12 +13,17 @@ spec                              kind         reader
 ``rtsp://`` / ``http(s)://`` ...  ``stream``   :class:`LiveSource` (reconnects, bounded)
 ================================  ===========  ==============================================
 
-Every source iterates over :class:`Frame` ``(index, image, name)`` tuples (``image`` HxWx3
-uint8 RGB), exposes :class:`SourceInfo` (kind, fps, size, frame count) as ``.info`` and counts
-problems in ``.stats``. Sources that cannot be opened raise :class:`~visionmtl.data.errors.DataError`
-naming the input; problems after opening (an undecodable image in a folder, a frame that fails
-to decode mid-video, a stream that drops) are skipped, counted and logged, never fatal, and
-never wait forever: network streams open and read with timeouts, reconnects are bounded.
+Every source iterates over :class:`Frame` ``(index, image, name, time)`` tuples (``image`` HxWx3
+uint8 RGB), exposes :class:`SourceInfo` (kind, fps, size, frame count) as ``.info``, counts
+problems in ``.stats`` and lists the stretches of a video that could not be decoded in ``.gaps``.
+Sources that cannot be opened raise :class:`~visionmtl.data.errors.DataError` naming the input;
+problems after opening (an undecodable image in a folder, frames lost mid-video, a stream that
+drops) are skipped, counted and logged, never fatal, and never wait forever: network streams
+open and read with timeouts, reconnects are bounded. A video frame's index is its position in
+the file even after lost frames (see :class:`VideoSource`).
+
+FFmpeg's own messages (hundreds of decoder errors for a damaged video) are silenced unless
+``VISIONMTL_VERBOSE=1`` or ``verbose=True`` (see :func:`configure_ffmpeg_logging`).
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ import numpy as np
 
 from ..data.base import read_image
 from ..data.errors import DataError
+from .capture import VERBOSE_ENV, configure_ffmpeg_logging, open_capture, open_video, prop
 
 log = logging.getLogger("visionmtl")
 
 __all__ = [
     "IMAGE_EXTS", "VIDEO_EXTS", "STREAM_PREFIXES", "Frame", "SourceInfo", "Source", "ImageSource",
-    "VideoSource", "LiveSource", "open_source",
+    "VideoSource", "LiveSource", "open_source", "configure_ffmpeg_logging", "VERBOSE_ENV",
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm")
@@ -52,13 +58,17 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".wmv", ".flv", ".webm", "
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
-
 class Frame(NamedTuple):
-    """One decoded input: position in the source, HxWx3 uint8 RGB pixels, and a display name."""
+    """One decoded input: position in the source, HxWx3 uint8 RGB pixels, and a display name.
+
+    ``time`` is the frame's container timestamp in seconds when a video gives a usable one
+    (None otherwise; ``index / fps`` is then the nominal time).
+    """
 
     index: int
     image: np.ndarray
     name: str
+    time: Optional[float] = None
 
 
 @dataclass
@@ -100,12 +110,17 @@ class SourceInfo:
 
 
 class Source:
-    """Base class: iterate for :class:`Frame` tuples; ``info``, ``stats`` and ``close()``."""
+    """Base class: iterate for :class:`Frame` tuples; ``info``, ``stats``, ``gaps`` and ``close()``.
+
+    ``gaps`` lists ``(first index, frames lost)`` for each stretch of a video with no decoded
+    frame (empty for other sources).
+    """
 
     info: SourceInfo
 
     def __init__(self) -> None:
         self.stats: dict[str, int] = {"frames": 0, "failed": 0}
+        self.gaps: list[tuple[int, int]] = []
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -162,32 +177,42 @@ class ImageSource(Source):
 
 
 # --------------------------------------------------------------------------------------------
-def _prop(cap: Any, prop: int, default: float = 0.0) -> float:
-    try:
-        v = float(cap.get(prop))
-    except Exception:
-        return default
-    return v if math.isfinite(v) else default
+_MAX_GAP_WARNINGS = 10
 
 
 class VideoSource(Source):
     """A video file read frame by frame with ``cv2.VideoCapture``.
 
-    A frame that fails to decode before the container's frame count is reached is skipped
-    and counted (``stats["failed"]``) and reading goes on; ``max_consecutive_failures``
-    failures in a row (a truncated file) end the video, the frames never reached are counted
-    in ``stats["missing"]``. Frames the decoder drops silently are detected from
-    ``CAP_PROP_POS_FRAMES`` jumps and counted as failed too, so ``Frame.index`` is always the
-    frame's position in the file.
+    ``Frame.index`` is the frame's position in the file, from the decoded frame's container
+    timestamp (``CAP_PROP_POS_MSEC`` x fps, rounded; also ``Frame.time``), not from a count of
+    frames read: with OpenCV's FFmpeg backend ``CAP_PROP_POS_FRAMES`` is the number of frames
+    decoded so far, which does not move when frames are lost in a damaged stretch, while the
+    timestamp does. So the timestamp wins when the two disagree. It is not used when there
+    is none (0 after the first frame), when it goes backwards, or when it points far past
+    the frame count; the index is then the previous one plus one per failed read, or
+    ``CAP_PROP_POS_FRAMES - 1`` when that is further on. AVI files are opened so that
+    their timestamps come from the file's index (:func:`_open_video`). For a variable
+    frame rate video the index is the timestamp in nominal-rate frames.
+
+    Positions with no decoded frame before the last one decoded are lost frames: each
+    stretch is logged once (its first and last index), kept in ``gaps`` as ``(start, n)``
+    and counted in ``stats["failed"]``. Failed reads go on while the container's frame
+    count says frames remain (each consumes at least one packet; at the end of the file
+    they return at once), at most ``max_consecutive_failures`` in a row when given. The
+    frames after the last decoded one are counted in ``stats["missing"]`` (a truncated file).
 
     Args:
         path: the video file.
         capture: an already opened capture-like object (``read``, ``get``, ``isOpened``,
             ``release``) to read instead of opening ``path``.
-        max_consecutive_failures: failed reads in a row after which the video is treated as ended.
+        max_consecutive_failures: failed reads in a row after which the video is treated as
+            ended (None: bounded by the frame count only).
+        verbose: keep FFmpeg's own messages (see :func:`configure_ffmpeg_logging`); None
+            leaves the process-wide setting as it is.
     """
 
-    def __init__(self, path: str, capture: Any = None, max_consecutive_failures: int = 25) -> None:
+    def __init__(self, path: str, capture: Any = None, max_consecutive_failures: Optional[int] = None,
+                 verbose: Optional[bool] = None) -> None:
         super().__init__()
         self.stats.update(missing=0)
         self.path = str(path)
@@ -196,17 +221,19 @@ class VideoSource(Source):
                 raise DataError(self.path, "video file not found")
             if os.path.getsize(self.path) == 0:
                 raise DataError(self.path, "video file is empty")
-            capture = cv2.VideoCapture(self.path)
+            if verbose is not None:
+                configure_ffmpeg_logging(verbose)
+            capture = open_video(self.path)
         self.cap = capture
         if not self.cap.isOpened():
             self.close()
             raise DataError(self.path, "cannot open video (unsupported codec/container or corrupt file)")
-        fps = _prop(self.cap, cv2.CAP_PROP_FPS)
-        w, h = int(_prop(self.cap, cv2.CAP_PROP_FRAME_WIDTH)), int(_prop(self.cap, cv2.CAP_PROP_FRAME_HEIGHT))
-        n = int(_prop(self.cap, cv2.CAP_PROP_FRAME_COUNT))
+        fps = prop(self.cap, cv2.CAP_PROP_FPS)
+        w, h = int(prop(self.cap, cv2.CAP_PROP_FRAME_WIDTH)), int(prop(self.cap, cv2.CAP_PROP_FRAME_HEIGHT))
+        n = int(prop(self.cap, cv2.CAP_PROP_FRAME_COUNT))
         self.info = SourceInfo("video", self.path, fps if 0 < fps < 1000 else None, (w, h) if w > 0 and h > 0 else None,
                                n if n > 0 else None)
-        self.max_consecutive_failures = int(max_consecutive_failures)
+        self.max_consecutive_failures = None if max_consecutive_failures is None else int(max_consecutive_failures)
 
     def close(self) -> None:
         if getattr(self, "cap", None) is not None:
@@ -216,57 +243,80 @@ class VideoSource(Source):
     def __iter__(self) -> Iterator[Frame]:
         if self.cap is None:
             raise DataError(self.path, "video source is closed")
-        count = self.info.frame_count
         name = os.path.basename(self.path)
-        idx = 0  # position of the next frame
-        streak = 0
-        gave_up = False
+        nxt = streak = 0  # position of the next frame; failed reads since the last decoded frame
+        ended = False
         try:
             while self.cap is not None:
                 ok, frame = self.cap.read()
                 if ok and frame is not None and frame.size:
-                    pos = int(_prop(self.cap, cv2.CAP_PROP_POS_FRAMES, 0))
-                    if idx < pos - 1 <= idx + 1000:  # the decoder skipped frames without reporting it
-                        self._failed(pos - 1 - idx, idx)
-                        idx = pos - 1
-                    streak = 0
+                    idx, t = self._position(nxt, streak)
+                    if idx > nxt:
+                        self._gap(nxt, idx - nxt)
+                    nxt, streak = idx + 1, 0
                     self.stats["frames"] += 1
-                    yield Frame(idx, _to_rgb(frame), name)
-                    idx += 1
-                    continue
-                if count is not None and idx < count and streak < self.max_consecutive_failures:
+                    yield Frame(idx, _to_rgb(frame), name, t)
+                elif self._keep_reading(nxt, streak):
                     streak += 1
-                    self._failed(1, idx)
-                    idx += 1
-                    continue
-                gave_up = True
-                break
+                else:
+                    ended = True
+                    break
         finally:
-            if gave_up and count is not None and idx < count:
-                self.stats["missing"] = count - idx
-                log.warning("%s: video ended at frame %d of %d (%d failed reads in a row; file truncated?)",
-                            self.path, idx, count, streak)
-            if self.stats["failed"]:
-                log.warning("%s: %d frames could not be decoded and were skipped", self.path, self.stats["failed"])
+            if ended:
+                self._end(nxt, streak)
+            if len(self.gaps) > 1:
+                log.warning("%s: %d frames lost in %d gaps", self.path, self.stats["failed"], len(self.gaps))
 
-    def _failed(self, n: int, idx: int) -> None:
-        if self.stats["failed"] < 5:
-            log.warning("%s: frame %d could not be decoded; skipped", self.path, idx)
+    def _position(self, nxt: int, streak: int) -> tuple[int, Optional[float]]:
+        """Index and container time (s, None when not usable) of the frame just decoded."""
+        t = self._timestamp(nxt)
+        if t is not None:
+            return int(math.floor(t * self.info.fps + 0.5)), t
+        guess = nxt + streak
+        pos = int(prop(self.cap, cv2.CAP_PROP_POS_FRAMES, 0)) - 1
+        return (pos if guess < pos <= guess + 1000 else guess), None
+
+    def _timestamp(self, nxt: int) -> Optional[float]:
+        """The decoded frame's timestamp in seconds when it is a usable position, else None."""
+        fps, count = self.info.fps, self.info.frame_count
+        ms = prop(self.cap, cv2.CAP_PROP_POS_MSEC, -1.0)
+        if fps is None or ms < 0 or (ms == 0 and nxt > 0):  # 0: OpenCV's "no timestamp"
+            return None
+        k = math.floor(ms * fps / 1000 + 0.5)
+        if k < nxt or (count is not None and k >= count + max(25, count // 10)):
+            return None
+        return round(ms / 1000, 6)
+
+    def _keep_reading(self, nxt: int, streak: int) -> bool:
+        """After a failed read: try again while the frame count says frames remain."""
+        count, limit = self.info.frame_count, self.max_consecutive_failures
+        return count is not None and nxt + streak < count and (limit is None or streak < limit)
+
+    def _gap(self, start: int, n: int) -> None:
+        """Record ``n`` frames lost from ``start`` on; one warning per gap (the first few)."""
+        self.gaps.append((start, n))
         self.stats["failed"] += n
+        if len(self.gaps) <= _MAX_GAP_WARNINGS:
+            log.warning("%s: frames %d-%d lost (%d): damaged or undecodable, skipped", self.path, start,
+                        start + n - 1, n)
+        elif len(self.gaps) == _MAX_GAP_WARNINGS + 1:
+            log.warning("%s: more gaps; not logged one by one (see the summary)", self.path)
+
+    def _end(self, nxt: int, streak: int) -> None:
+        """Reading stopped: trailing failed reads the position confirms are lost, the rest missing."""
+        count = self.info.frame_count
+        pos = int(prop(self.cap, cv2.CAP_PROP_POS_FRAMES, 0)) if self.cap is not None else 0
+        end = max(nxt, min(nxt + streak, pos))  # OpenCV's position counts decoded frames only
+        end = min(end, count) if count is not None else end
+        if end > nxt:
+            self._gap(nxt, end - nxt)
+        if count is not None and end < count:
+            self.stats["missing"] = count - end
+            log.warning("%s: video ended at frame %d of %d; the last %d are missing (file truncated?)",
+                        self.path, end, count, count - end)
 
 
 # --------------------------------------------------------------------------------------------
-def _open_capture(target: str | int, timeout_ms: int) -> Any:
-    """``cv2.VideoCapture`` for a camera index or URL; network opens and reads time out."""
-    if isinstance(target, int):
-        return cv2.VideoCapture(target)
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-    try:
-        return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
-    except (cv2.error, TypeError):
-        return cv2.VideoCapture(target)
-
-
 class LiveSource(Source):
     """A webcam (integer index) or network stream (URL), read until it ends or is closed.
 
@@ -290,7 +340,7 @@ class LiveSource(Source):
         self.target = target
         self.reconnect = max(0, int(reconnect))
         self.reconnect_delay = float(reconnect_delay)
-        self._open = opener or (lambda t: _open_capture(t, timeout_ms))
+        self._open = opener or (lambda t: open_capture(t, timeout_ms))
         kind = "webcam" if isinstance(target, int) else "stream"
         self.label = f"webcam {target}" if kind == "webcam" else str(target)
         self.cap = self._open(target)
@@ -299,8 +349,8 @@ class LiveSource(Source):
             what = "cannot open webcam (no such camera, or it is busy)" if kind == "webcam" else \
                 "cannot open stream (unreachable, wrong URL, or unsupported protocol)"
             raise DataError(self.label, what)
-        fps = _prop(self.cap, cv2.CAP_PROP_FPS)
-        w, h = int(_prop(self.cap, cv2.CAP_PROP_FRAME_WIDTH)), int(_prop(self.cap, cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = prop(self.cap, cv2.CAP_PROP_FPS)
+        w, h = int(prop(self.cap, cv2.CAP_PROP_FRAME_WIDTH)), int(prop(self.cap, cv2.CAP_PROP_FRAME_HEIGHT))
         self.info = SourceInfo(kind, str(target), fps if 0 < fps < 1000 else None,
                                (w, h) if w > 0 and h > 0 else None, None)
         self._closed = False
@@ -363,12 +413,17 @@ def _is_video(path: str) -> bool:
 
 
 def open_source(spec: str | int | os.PathLike, reconnect: int = 3, reconnect_delay: float = 1.0,
-                timeout_ms: int = 10000) -> Source:
+                timeout_ms: int = 10000, verbose: Optional[bool] = None) -> Source:
     """Open an inference input from its spec (see the module docstring for the forms).
+
+    ``verbose`` keeps FFmpeg's own messages (None: ``VISIONMTL_VERBOSE``, read at import;
+    see :func:`configure_ffmpeg_logging`).
 
     Raises:
         DataError: the input does not exist, cannot be opened, or holds no images.
     """
+    if verbose is not None:
+        configure_ffmpeg_logging(verbose)
     if isinstance(spec, int):
         return LiveSource(spec, reconnect, reconnect_delay, timeout_ms)
     s = str(spec).strip()

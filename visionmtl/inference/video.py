@@ -306,10 +306,11 @@ def run_video(predictor: Predictor, source: Any, out_dir: Optional[str | os.Path
         warmup: one untimed forward pass at the video's size before the clock starts.
 
     Returns:
-        ``{"frames", "failed_frames", "missing_frames", "reconnects", "wall_s", "fps", "batch",
+        ``{"frames", "failed_frames", "missing_frames", "gaps", "reconnects", "wall_s", "fps", "batch",
         "stages": {stage: {"total_s", "ms_per_frame"}}, "model_wait_input_s", "model_wait_output_s",
         "wait_writer_s",
-        "source": {...}, "outputs": {...}, "device", "precision", "imgsz", "tasks"}``.
+        "source": {...}, "outputs": {...}, "device", "precision", "imgsz", "tasks"}``; ``gaps`` lists
+        ``{"start", "frames"}`` for each stretch of a video lost inside it (``failed_frames`` in all).
     """
     if mask_format not in ("rle", "png"):
         raise ConfigError(f"mask format must be 'rle' or 'png', got {mask_format!r}")
@@ -382,6 +383,7 @@ def run_video(predictor: Predictor, source: Any, out_dir: Optional[str | os.Path
         "frames": n,
         "failed_frames": int(src.stats.get("failed", 0)),
         "missing_frames": int(src.stats.get("missing", 0)),
+        "gaps": [{"start": int(a), "frames": int(k)} for a, k in getattr(src, "gaps", [])],
         "reconnects": int(src.stats.get("reconnects", 0)),
         "wall_s": round(wall, 4),
         "fps": round(n / wall, 3) if wall > 0 else 0.0,
@@ -412,6 +414,10 @@ def format_summary(summary: dict) -> str:
              if summary.get(k)]
     if extra:
         lines.append("input problems: " + ", ".join(extra))
+    gaps = summary.get("gaps") or []
+    if gaps:
+        shown = ", ".join(f"{g['start']}-{g['start'] + g['frames'] - 1}" for g in gaps[:10])
+        lines.append(f"  frames lost at {shown}" + (f" and {len(gaps) - 10} more gaps" if len(gaps) > 10 else ""))
     lines.append(f"  {'stage':<12}{'total s':>9}{'ms/frame':>10}   (stages overlap: reader, model, postprocess and "
                  "writer threads)")
     for s, v in summary["stages"].items():

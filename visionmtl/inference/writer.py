@@ -170,7 +170,9 @@ class Writer(threading.Thread):
                 raise DataError(str(self.out_dir / rel), "cannot write the mask PNG")
             return rel
 
-        frame_time = frame.index / self.info.fps if video and self.info.fps else None
+        frame_time = None
+        if video:  # the container's timestamp when the source read one, else index / fps
+            frame_time = frame.time if frame.time is not None else (frame.index / self.info.fps if self.info.fps else None)
         rec = result_to_record(result, self.predictor.tasks, frame.index, frame.name, (h, w), image_id=image_id,
                                frame_time=frame_time, save_mask=save_mask if self.mask_format == "png" else None,
                                is_frame=video)
