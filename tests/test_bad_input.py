@@ -96,6 +96,9 @@ CONFIG_CASES = [
     (["train.device=cuda:3"], ["train.device", "CUDA"]),
     (["traing.lr=0.1"], ["traing"]),
     (["tasks.det.weight=abc"], ["tasks.det.weight", "float", "abc"]),
+    (["tasks.det.head.nms_thresh=1.5"], ["tasks.det.head.nms_thresh", "[0, 1]", "1.5"]),
+    (["tasks.det.head.score_thresh=-0.1"], ["tasks.det.head.score_thresh", "-0.1"]),
+    (["tasks.cls.head.threshold=2"], ["tasks.cls.head.threshold", "2"]),
 ]
 
 

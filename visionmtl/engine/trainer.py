@@ -59,6 +59,8 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{self.work_dir}: cannot create the work dir ({e.strerror or e})") from None
+        for stale in self.work_dir.glob("*.tmp"):  # left by a run killed while writing
+            stale.unlink(missing_ok=True)
         tc = cfg.train
         try:
             self.device = pick_device(tc.device)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from ..errors import ConfigError
 
-__all__ = ["NoOptions", "TaskType", "lut", "check_head_keys"]
+__all__ = ["NoOptions", "TaskType", "check_head_keys", "check_ranges", "lut"]
 
 
 @dataclasses.dataclass
@@ -182,6 +182,17 @@ def check_head_keys(name: str, spec: TaskType, head: Mapping, where: Callable[[s
             close = difflib.get_close_matches(k, valid, n=1, cutoff=0.5)
             hint = f"; did you mean 'tasks.{name}.head.{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
             raise ConfigError(f"{where(key)}: unknown key '{key}' for a {spec.name} head{hint}")
+
+
+def check_ranges(name: str, head: Mapping, ranges: Mapping[str, tuple[float, float]], where: Callable[[str], str]) -> None:
+    """One ConfigError for a numeric head key outside its closed range ``(lo, hi)``."""
+    for k, (lo, hi) in ranges.items():
+        if k not in head:
+            continue
+        v = head[k]
+        key = f"tasks.{name}.head.{k}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ConfigError(f"{where(key)}: key '{key}' must be a number in [{lo:g}, {hi:g}], got {v!r}")
 
 
 def lut(native: Sequence[str], task_classes: Sequence[str], class_map: Mapping, what: str, ignore_missing: bool):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError
-from .base import TaskType, lut, mask_lut
+from .base import TaskType, check_ranges, lut, mask_lut
 
 __all__ = ["ClassificationOptions", "ClassificationTask"]
 
@@ -35,6 +35,8 @@ class ClassificationTask(TaskType):
         if not 0.0 <= task.label_smoothing < 1.0:
             key = f"tasks.{name}.label_smoothing"
             raise ConfigError(f"{where(key)}: key '{key}' must be in [0, 1), got {task.label_smoothing}")
+        check_ranges(name, task.head, {"threshold": (0.0, 1.0), "dropout": (0.0, 0.99), "hidden": (0, 65536),
+                                       "lse_r": (1e-3, 1e3)}, where)
 
     # ------------------------------------------------------------------ model
     def head_kwargs(self, task) -> dict:

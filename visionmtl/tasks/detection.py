@@ -13,7 +13,7 @@ and runs class-wise NMS.
 
 from __future__ import annotations
 
-from .base import TaskType, lut, require
+from .base import TaskType, check_ranges, lut, require
 
 __all__ = ["DetectionTask", "detection_gt"]
 
@@ -30,6 +30,13 @@ class DetectionTask(TaskType):
     trackable = True
     coco_iou_type = "bbox"
     draw_layer = 1
+
+    def validate(self, name, task, where) -> None:
+        super().validate(name, task, where)
+        check_ranges(name, task.head, {"score_thresh": (0.0, 1.0), "nms_thresh": (0.0, 1.0), "focal_alpha": (0.0, 1.0),
+                                       "prior_prob": (1e-6, 1 - 1e-6), "focal_gamma": (0.0, 10.0),
+                                       "topk_candidates": (1, 1e9), "max_det": (1, 1e9), "num_convs": (0, 16),
+                                       "channels": (1, 4096), "center_sampling_radius": (0.0, 100.0)}, where)
 
     # ------------------------------------------------------------------ model
     def levels(self, head_cfg) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ averages the class probabilities after mirroring the second pass back.
 
 from __future__ import annotations
 
-from .base import TaskType, mask_lut, require
+from .base import TaskType, check_ranges, mask_lut, require
 
 __all__ = ["SegmentationTask"]
 
@@ -20,6 +20,11 @@ class SegmentationTask(TaskType):
     target_keys = ("mask",)
     single = True
     draw_layer = 0
+
+    def validate(self, name, task, where) -> None:
+        super().validate(name, task, where)
+        check_ranges(name, task.head, {"channels": (1, 4096), "region_weight": (0.0, 1e3), "ohem_thresh": (0.0, 1.0),
+                                       "ohem_min_kept": (0.0, 1.0), "ignore_index": (0, 255)}, where)
 
     # ------------------------------------------------------------------ model
     def levels(self, head_cfg) -> tuple[str, ...]:
