@@ -187,3 +187,18 @@ def test_infer_and_benchmark_with_a_regression_head(shapes_dir, tmp_path):
     summary = accuracy_summary({"det": {"det": 0.5}, "count": {"count": 1.0},
                                 "det+count": {"det": 0.5, "count": 0.5}}, cfg.tasks)
     assert summary["combos"]["det+count"]["delta_m"] == pytest.approx(0.25)
+
+
+def test_sum_head_returns_a_mean_sized_gradient_to_the_backbone():
+    """Density sum over P positions: forward is the plain sum, the features get 1/P of its gradient."""
+    torch.manual_seed(0)
+    head = RegressionHead("n", {"p3": 4, "p4": 4}, 1, levels=["p3", "p4"], pool="sum", hidden=8)
+    torch.nn.init.normal_(head.mlp[-1].weight, std=0.1)
+    feats = {"p3": torch.randn(2, 4, 6, 6, requires_grad=True), "p4": torch.randn(2, 4, 3, 3, requires_grad=True)}
+    out = head(feats)["values"]
+    plain = sum(head.mlp(head.proj[lv](feats[lv])).flatten(2).sum(2) for lv in ("p3", "p4"))
+    torch.testing.assert_close(out, plain)
+    g_out = torch.autograd.grad(out.sum(), list(feats.values()), retain_graph=True)
+    g_ref = torch.autograd.grad(plain.sum(), list(feats.values()))
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b / 45.0)  # 36 + 9 positions
