@@ -213,6 +213,7 @@ def test_benchmark_data_reports_speed(shapes_dir):
     cfg = shapes_cfg(shapes_dir)
     assert loader_speed(cfg, workers=0, batches=3, warmup=1) > 0
     prof = stage_profile(cfg, n=8)
+    assert prof.pop("bad") == 0
     assert set(prof) == {"decode", "annotations", "augment", "collate"} and all(v >= 0 for v in prof.values())
 
 
