@@ -29,7 +29,8 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     model = model.to(dev, memory_format=mf).eval()
     # the training split is evaluated with the eval transforms (no augmentation)
     loader = _eval_loader_for_train(cfg) if split == "train" else build_loader(cfg, split, shuffle=False)
-    return evaluate(model, loader, cfg.tasks, dev, pick_amp(cfg.train.amp, dev), cfg.train.channels_last,
+    amp = pick_amp(cfg.train.amp, dev) if dev.type == "cuda" else None  # CPU: fp32 whatever the CPU
+    return evaluate(model, loader, cfg.tasks, dev, amp, cfg.train.channels_last,
                     flip=cfg.data.eval_flip)
 
 
