@@ -60,13 +60,21 @@ def test_values_reach_the_batch_and_counts_follow_the_crop(shapes_dir, tmp_path)
     changed = 0
     for i in range(len(train)):
         t = train.get(i, seed=i)["target"]
-        assert t["values"]["n_shapes"] == float(len(t["boxes"]))  # re-counted from the boxes in view
+        n, pts = t["values"]["n_shapes"], t["points"]["n_shapes"]
+        # re-counted from the centres left in view; each centre lies in a box that survived
+        assert n == float(len(pts)) and n <= len(t["boxes"])
+        assert bool(((pts >= 0) & (pts <= 32)).all())
+        b = t["boxes"]
+        inside = ((pts[:, None, 0] >= b[None, :, 0] - 1) & (pts[:, None, 0] <= b[None, :, 2] + 1)
+                  & (pts[:, None, 1] >= b[None, :, 1] - 1) & (pts[:, None, 1] <= b[None, :, 3] + 1))
+        assert bool(inside.any(1).all())
         full = train.load(i)[1]["values"]["n_shapes"]
-        changed += t["values"]["n_shapes"] < full
+        changed += n < full
     assert changed > 0
     for i in range(len(val)):
         t = val.get(i)["target"]
         assert t["values"]["n_shapes"] == float(len(t["boxes"]))  # evaluation: the whole image
+        assert "points" not in t
 
 
 def test_sum_head_learns_a_count():
@@ -91,6 +99,40 @@ def test_sum_head_learns_a_count():
     # partial labels: a missing name is no label; none at all gives an attached 0
     out = head.loss(head({"p3": x[:2]}), [{"values": {}}, {}], torch.tensor([True, False]))["reg"]
     assert out.item() == 0.0 and out.requires_grad
+
+
+def test_density_term_places_the_count():
+    """Point targets: mass in the centre's cell costs nothing, the same mass one cell off does;
+    the coarse level's map is spread over the fine grid with its total kept."""
+    head = RegressionHead("n", {"p3": 4, "p4": 4}, 1, levels=["p3", "p4"], pool="sum", hidden=8,
+                          strides=[8, 16], mean=[1.0], std=[2.0])
+    head.train()
+    feats = {"p3": torch.randn(2, 4, 4, 4), "p4": torch.randn(2, 4, 2, 2)}
+    raw = head(feats)
+    assert raw["density"].shape == (2, 1, 4, 4)
+    assert torch.allclose(raw["density"].sum((2, 3)), raw["values"], atol=1e-5)  # mass kept
+    targets = [{"values": {"v0": 2.0}, "points": {"v0": torch.tensor([[4.0, 4.0], [20.0, 28.0]])}},
+               {"values": {"v0": 0.0}, "points": {"v0": torch.zeros(0, 2)}}]
+    has = torch.tensor([True, True])
+
+    def density_loss(cells_by_image):
+        want = torch.zeros(2, 1, 4, 4)
+        for i, cells in enumerate(cells_by_image):
+            for y, x in cells:
+                want[i, 0, y, x] += 1.0
+        want = want / 2.0 - 0.5 / 16  # normalised: (y - 1) / 2 spread over the 16 cells
+        values = want.sum((2, 3))
+        return head.loss({"values": values, "density": want}, targets, has)
+
+    right = density_loss([[(0, 0), (3, 2)], []])
+    assert right["reg"].item() == pytest.approx(0.0, abs=1e-6)
+    assert right["density"].item() == pytest.approx(0.0, abs=1e-6)
+    wrong = density_loss([[(0, 0), (3, 1)], []])  # same count, one centre a cell off
+    assert wrong["reg"].item() == pytest.approx(0.0, abs=1e-6) and wrong["density"].item() > 0.1
+    head.eval()
+    assert "density" not in head(feats)  # inference: values only
+    no_points = head.loss(raw, [{"values": {"v0": 1.0}}] * 2, has)
+    assert set(no_points) == {"reg"}
 
 
 def test_normalisation_round_trips():

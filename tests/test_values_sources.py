@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.data_helpers import coco_dict, write_image, write_json
 from visionmtl.config import AugmentConfig
@@ -220,51 +221,68 @@ def test_shapes_images_carry_n_shapes(shapes_dir):
     assert t["values"]["n_shapes"] == len(t["boxes"])
 
 
-# ====================================================================== transform: count_boxes
+# ====================================================================== transform: count_points
 def _boxes_target():
     boxes = np.array([[2, 2, 14, 14], [40, 5, 60, 30], [100, 100, 126, 120], [70, 60, 95, 90],
                       [5, 100, 30, 126], [110, 10, 125, 24]], np.float32)
     return boxes, np.array([0, 1, 2, 0, 1, 2], np.int64)
 
 
-def test_transform_recounts_count_boxes_after_crop():
+def _centres(boxes):
+    return (boxes[:, :2] + boxes[:, 2:]) / 2
+
+
+def test_transform_recounts_count_points_after_crop():
+    """An object counts while its centre is in view; its centre moves with the image."""
     tf = build_transforms(128, AugmentConfig(scale=[1.0, 2.0], crop=True, crop_size=64, hflip=0.5), train=True)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
     boxes, labels = _boxes_target()
-    counts = set()
+    counts, fewer_than_boxes = set(), 0
     for seed in range(12):
         values = {"n": 6.0, "age": 31.0}
-        target = {"boxes": boxes, "box_labels": labels, "values": values, "count_boxes": {"n": boxes.copy()}}
+        target = {"boxes": boxes, "box_labels": labels, "values": values, "count_points": {"n": _centres(boxes)}}
         img, out = tf(image, target, seed=seed)
         assert img.shape == (3, 64, 64)
-        assert "count_boxes" not in out
-        assert out["values"]["n"] == float(len(out["boxes"])) and type(out["values"]["n"]) is float
+        assert "count_points" not in out
+        pts = out["points"]["n"]
+        assert out["values"]["n"] == float(len(pts)) and type(out["values"]["n"]) is float
+        assert bool(((pts >= 0) & (pts < 64)).all())
+        # every surviving centre is the centre of a surviving box (to the 1-px flip convention)
+        b = out["boxes"]
+        unclipped = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < 64) & (b[:, 3] < 64)
+        c = ((b[:, :2] + b[:, 2:]) / 2)[unclipped]
+        assert all(bool((pts - cc).abs().max(1).values.min() <= 1.01) for cc in c)  # whole boxes are counted
+        assert len(pts) <= len(b)
+        fewer_than_boxes += len(pts) < len(b)  # a box cut to a sliver keeps no centre
         assert out["values"]["age"] == 31.0
         assert values == {"n": 6.0, "age": 31.0}  # the input dict is not changed
-        assert "count_boxes" in target
-        counts.add(len(out["boxes"]))
-    assert min(counts) < 6 and len(counts) > 1  # some crops cut boxes out
+        assert "count_points" in target
+        counts.add(len(pts))
+    assert min(counts) < 6 and len(counts) > 1  # some crops cut objects out
+    assert fewer_than_boxes > 0
 
 
-def test_transform_count_boxes_with_label_boxes_and_without_task_boxes():
+def test_transform_count_points_with_label_boxes_and_without_task_boxes():
     tf = build_transforms(128, AugmentConfig(scale=[1.5, 1.5], crop=True, hflip=0.0), train=True)
     image = np.zeros((128, 128, 3), np.uint8)
     boxes, labels = _boxes_target()
     for seed in range(6):
         full = {"boxes": boxes, "box_labels": labels, "label_boxes": boxes, "label_box_ids": labels,
-                "count_boxes": {"n": boxes, "n_first": boxes[:2]}}
+                "count_points": {"n": _centres(boxes), "n_first": _centres(boxes[:2])}}
         _, out = tf(image, full, seed=seed)
         kept = out["box_labels"].numpy()
         assert out["labels"].tolist() == sorted(set(kept.tolist()))  # label boxes unaffected
-        assert out["values"]["n"] == len(kept)
-        assert set(out) == {"boxes", "box_labels", "labels", "values"}
+        assert out["values"]["n"] == len(out["points"]["n"]) <= len(kept)
+        assert out["values"]["n_first"] == len(out["points"]["n_first"]) <= 2
+        assert set(out) == {"boxes", "box_labels", "labels", "values", "points"}
         # no task boxes at all: the count still follows the same crop
-        _, alone = tf(image, {"values": {"n": 6.0}, "count_boxes": {"n": boxes}}, seed=seed)
-        assert alone["values"] == {"n": float(len(kept))} and "boxes" not in alone
+        _, alone = tf(image, {"values": {"n": 6.0}, "count_points": {"n": _centres(boxes)}}, seed=seed)
+        assert alone["values"] == {"n": out["values"]["n"]} and "boxes" not in alone
+        assert torch.equal(alone["points"]["n"], out["points"]["n"])
 
 
-def test_transform_without_count_boxes_passes_values_through():
+def test_transform_without_count_points_passes_values_through():
     for train in (True, False):
         tf = build_transforms(64, AugmentConfig(), train=train)
         values = {"age": 31.0}
@@ -272,5 +290,5 @@ def test_transform_without_count_boxes_passes_values_through():
         assert out["values"] == {"age": 31.0}
     tf = build_transforms(64, AugmentConfig(), train=False)  # eval resize keeps every box
     boxes, labels = _boxes_target()
-    _, out = tf(np.zeros((128, 128, 3), np.uint8), {"values": {"n": 6.0}, "count_boxes": {"n": boxes}})
-    assert out == {"values": {"n": 6.0}}
+    _, out = tf(np.zeros((128, 128, 3), np.uint8), {"values": {"n": 6.0}, "count_points": {"n": _centres(boxes)}})
+    assert out["values"] == {"n": 6.0} and len(out["points"]["n"]) == 6

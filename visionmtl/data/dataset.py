@@ -65,7 +65,7 @@ class TaskDataset(Dataset):
 
         With ``geometric`` (a training transform follows), labels or values derived from the
         boxes or the mask also get what the transform needs to re-derive them from the part left
-        in view (``label_boxes``/``label_box_ids``, ``label_mask``, ``count_boxes``; see
+        in view (``label_boxes``/``label_box_ids``, ``label_mask``, ``count_points``; see
         data/transforms.py).
         """
         out: dict = {}

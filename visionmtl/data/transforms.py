@@ -24,6 +24,8 @@ import torch
 from ..config import AugmentConfig
 
 BBOX_PARAMS = dict(format="pascal_voc", label_fields=["box_labels"], min_area=1.0, min_visibility=0.0, clip=True)
+# object centres of counted values travel as keypoints; one that leaves the view is dropped
+POINT_PARAMS = dict(format="xy", label_fields=["point_ids"], remove_invisible=True)
 
 
 def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transform":
@@ -48,7 +50,8 @@ def build_transforms(img_size: int, aug: AugmentConfig, train: bool) -> "Transfo
             ops.append(A.HueSaturationValue(hue_shift_limit=int(round(aug.hue * 180)),
                                             sat_shift_limit=int(round(aug.saturation * 255)), val_shift_limit=0,
                                             p=aug.hsv_p))
-    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS)), keep_orig_mask=not train, train=train)
+    return Transform(A.Compose(ops, bbox_params=A.BboxParams(**BBOX_PARAMS), keypoint_params=A.KeypointParams(**POINT_PARAMS)),
+                     keep_orig_mask=not train, train=train)
 
 
 class Transform:
@@ -64,13 +67,16 @@ class Transform:
     view: ``labels`` becomes the classes of the boxes that survive the crop, or of the pixels
     that do, so a crop that cuts a shape out no longer claims it.
 
-    Values that count objects are re-counted the same way: ``count_boxes`` (``dict[str,
-    float32 [N,4]]``, added by data/dataset.py for training) gives, per value name, the boxes
-    it counts; they go through the pipeline in the same box set, and ``values[name]`` becomes
-    the float number of them that survive (a new ``values`` dict; the name is set even if the
-    input ``values`` lacked it, so pass count boxes only for values the image has). Other
-    ``values`` pass through unchanged. The helper keys (``label_boxes``, ``label_box_ids``,
-    ``label_mask``, ``count_boxes``) never appear in the output.
+    Values that count objects are re-counted from what is left in view: ``count_points``
+    (``dict[str, float32 [N,2]]``, added for training by the regression spec's mapper) gives, per
+    value name, the centres of the objects it counts. They go through the pipeline as keypoints;
+    an object counts while its centre stays in view (a sliver of a shape cut by the crop does
+    not), ``values[name]`` becomes the float number of surviving centres (a new ``values`` dict;
+    the name is set even if the input ``values`` lacked it, so pass points only for values the
+    image has) and ``points[name]`` their float32 ``[M,2]`` positions in the output image, the
+    density supervision of a counting head. Other ``values`` pass through unchanged. The helper
+    keys (``label_boxes``, ``label_box_ids``, ``label_mask``, ``count_points``) never appear in
+    the output.
     """
 
     def __init__(self, compose: A.Compose, keep_orig_mask: bool = False, train: bool = False):
@@ -90,20 +96,23 @@ class Transform:
         parts = [boxes]
         if "label_boxes" in target:
             parts.append(np.asarray(target["label_boxes"], np.float32).reshape(-1, 4))
-        n_label = stop = sum(len(p) for p in parts)  # rows [n, n_label) are the label boxes
-        count_rows: dict[str, tuple[int, int]] = {}  # value name -> its rows [start, stop)
-        for name, b in target.get("count_boxes", {}).items():
-            parts.append(np.asarray(b, np.float32).reshape(-1, 4))
-            count_rows[name] = (stop, stop + len(parts[-1]))
-            stop += len(parts[-1])
+        n_label = sum(len(p) for p in parts)  # rows [n, n_label) are the label boxes
         boxes = np.concatenate(parts) if len(parts) > 1 else boxes
-        kw = {"image": image, "bboxes": boxes, "box_labels": np.arange(len(boxes), dtype=np.int64)}
+        point_rows: dict[str, tuple[int, int]] = {}  # value name -> its keypoint rows [start, stop)
+        points, start = [np.zeros((0, 2), np.float32)], 0
+        for name, p in target.get("count_points", {}).items():
+            points.append(np.asarray(p, np.float32).reshape(-1, 2))
+            point_rows[name] = (start, start + len(points[-1]))
+            start += len(points[-1])
+        points = np.concatenate(points)
+        kw = {"image": image, "bboxes": boxes, "box_labels": np.arange(len(boxes), dtype=np.int64),
+              "keypoints": points, "point_ids": np.arange(len(points), dtype=np.int64)}
         if "mask" in target:
             kw["mask"] = target["mask"]
         if "label_mask" in target:
             kw["masks"] = [target["label_mask"]]
         out = self.compose(**kw)
-        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask", "count_boxes")
+        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask", "count_points")
         new = {k: v for k, v in target.items() if k not in helpers}
         img = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         idx = np.asarray(out["box_labels"]).astype(np.int64).reshape(-1)
@@ -114,10 +123,14 @@ class Transform:
         if "label_boxes" in target:
             ids = np.asarray(target["label_box_ids"], np.int64).reshape(-1)[idx[(idx >= n) & (idx < n_label)] - n]
             new["labels"] = np.unique(ids[ids >= 0])
-        if count_rows:
-            new["values"] = dict(target.get("values", {}))
-            for name, (start, stop) in count_rows.items():
-                new["values"][name] = float(np.count_nonzero((idx >= start) & (idx < stop)))
+        if point_rows:
+            new["values"], new["points"] = dict(target.get("values", {})), {}
+            pid = np.asarray(out["point_ids"], np.int64).reshape(-1)
+            xy = np.asarray(out["keypoints"], np.float32).reshape(-1, 2)[:, :2]
+            for name, (start, stop) in point_rows.items():
+                kept = (pid >= start) & (pid < stop)
+                new["values"][name] = float(np.count_nonzero(kept))
+                new["points"][name] = torch.from_numpy(np.ascontiguousarray(xy[kept]))
         if "label_mask" in target:
             vals = np.unique(np.asarray(out["masks"][0]))
             new["labels"] = vals[vals != 255].astype(np.int64)

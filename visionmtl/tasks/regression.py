@@ -13,7 +13,8 @@ Config::
 
 Targets: ``values`` ``{name: float}``; an image without a name has no label for it. A value that
 counts the image's objects (an adapter's ``values_follow``, e.g. COCO ``count_fields``) is
-re-counted after a training crop from the boxes left in view. Metrics: MAE (main, lower is
+re-counted after a training crop: an object counts while its box centre stays in view, and the
+centres left (``points``) supervise a density head's map (``pool: sum``, ``density_weight``). Metrics: MAE (main, lower is
 better), RMSE, and ``exact``, the share of values whose rounded prediction equals the target
 (for counts); the same per target. Flip TTA averages the two passes' values.
 """
@@ -40,7 +41,7 @@ class RegressionOptions:
 class RegressionTask(TaskType):
     name = "regression"
     Options = RegressionOptions
-    head_options = ("targets", "levels", "pool", "hidden", "dropout", "loss", "beta", "mean", "std")
+    head_options = ("targets", "levels", "pool", "hidden", "dropout", "loss", "beta", "mean", "std", "density_weight")
     target_keys = ("values",)
     uses_classes = False
 
@@ -86,7 +87,7 @@ class RegressionTask(TaskType):
 
         levels = self.levels(kwargs)
         return RegressionHead(name, {lv: backbone.out_channels[lv] for lv in levels}, num_outputs,
-                              **{**kwargs, "levels": levels})
+                              **{**kwargs, "levels": levels, "strides": [backbone.strides[lv] for lv in levels]})
 
     def merge_flip(self, head, raw, raw_m, width, sizes, origs, min_score=None):
         return head.predict({"values": (raw["values"].float() + raw_m["values"].float()) / 2}, sizes, origs)
@@ -100,6 +101,8 @@ class RegressionTask(TaskType):
         return any(n in values for n in task.targets)
 
     def mapper(self, adapter, name, task, class_map, what, drop):
+        import numpy as np
+
         have = list(getattr(adapter, "value_names", [])) if "values" in adapter.provides else []
         missing = [n for n in task.targets if n not in have]
         if missing:
@@ -117,8 +120,9 @@ class RegressionTask(TaskType):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
                     raise ValueError(f"task '{name}': value {n!r} is not a finite number: {v!r}")
                 out.setdefault("values", {})[n] = float(v)
-                if geometric and n in follow and "boxes" in raw:  # re-counted from the boxes left in view
-                    out.setdefault("count_boxes", {})[n] = raw["boxes"]
+                if geometric and n in follow and "boxes" in raw:  # re-counted from the centres left in view
+                    b = np.asarray(raw["boxes"], np.float32).reshape(-1, 4)
+                    out.setdefault("count_points", {})[n] = (b[:, :2] + b[:, 2:]) / 2
         return map_values
 
     # ------------------------------------------------------------------ evaluation
