@@ -135,6 +135,22 @@ def test_density_term_places_the_count():
     assert set(no_points) == {"reg"}
 
 
+def test_sum_head_gradient_has_a_means_scale():
+    """A sum over P positions sends its weights and the features the gradient of a mean: the last
+    bias (which adds to every position) gets dL/dvalue, not P times it, so clip_grad on the whole
+    model is not set by this head (it shrank every other task's step on the shapes demo)."""
+    head = RegressionHead("n", {"p3": 4, "p4": 4}, 1, levels=["p3", "p4"], pool="sum", hidden=8, loss="l1")
+    feats = {"p3": torch.randn(1, 4, 12, 12, requires_grad=True), "p4": torch.randn(1, 4, 6, 6, requires_grad=True)}
+    loss = head.loss(head(feats), [{"values": {"v0": 50.0}}], torch.tensor([True]))["reg"]
+    loss.backward()
+    assert head.mlp[-1].bias.grad.item() == pytest.approx(-1.0, rel=1e-5)  # d|v - 50|/dv at v = 0
+    small = RegressionHead("n", {"p3": 4}, 1, levels=["p3"], pool="sum", hidden=8, loss="l1")
+    small.load_state_dict({k: v for k, v in head.state_dict().items() if "p4" not in k})
+    f3 = feats["p3"].detach()[..., :3, :3].clone().requires_grad_(True)
+    small.loss(small({"p3": f3}), [{"values": {"v0": 50.0}}], torch.tensor([True]))["reg"].backward()
+    assert small.mlp[-1].bias.grad.item() == pytest.approx(-1.0, rel=1e-5)  # whatever the number of positions
+
+
 def test_normalisation_round_trips():
     head = RegressionHead("age", {"c5": 8}, 1, targets=["age"], pool="avg", mean=[40.0], std=[10.0])
     raw = {"values": torch.tensor([[0.5]])}
