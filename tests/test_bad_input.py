@@ -90,7 +90,7 @@ CONFIG_CASES = [
     (["train.method.name=pcgrad", "train.method.args.alfa=1"], ["train.method.args.alfa"]),
     (["train.method.name=magic"], ["train.method.name", "magic"]),
     (["data.train.0.ann_fil=x.json"], ["ann_fil", "did you mean 'ann_file'"]),
-    (["data.train.0.type=yolo"], ["unknown dataset type 'yolo'"]),
+    (["data.train.0.type=yolo5"], ["unknown dataset type 'yolo5'", "did you mean 'yolo'"]),
     (["data.train.0.tasks=[seg]"], ["unknown task 'seg'"]),
     (["train.stages=[{epochs: 5}]"], ["train.stages", "5 epochs"]),
     (["train.device=cuda:3"], ["train.device", "CUDA"]),

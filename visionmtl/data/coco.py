@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 
 from .base import MISSING_VALUES, BaseAdapter, inside, name_list, read_image, value_stats
 from .errors import DataError
+from .paint import paint_largest_first, polygons_to_rle
 
 _KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "values")
 _REQUIRED_TOP = ("images", "annotations", "categories")
@@ -45,7 +46,7 @@ class CocoAdapter(BaseAdapter):
         count_fields: names among ``value_fields`` that count the image's objects. Each must
             equal the number of non-crowd boxes the adapter keeps for its image (checked at
             construction; degenerate boxes are not kept), and ``values_follow`` maps it to
-            ``"boxes"``, so that a training crop re-counts the boxes left in view. Needs
+            ``"boxes"``, so that a training crop re-counts the objects whose box centre stays in view. Needs
             ``boxes`` in ``provides``.
         allow_outside_root: read a ``file_name`` that leaves ``img_dir`` (``../x.jpg``, an
             absolute path); by default that is a ``DataError`` naming the file and the image.
@@ -376,7 +377,7 @@ class CocoAdapter(BaseAdapter):
     def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:
         offset = 1 if self.background is not None else 0
         mask = np.full((h, w), 0 if self.background is not None else 255, dtype=np.uint8)
-        rles, values, areas, ignore_boxes = [], [], [], []
+        rles, values, ignore_boxes = [], [], []
         for aid in self._instances[i]:
             a = self.coco.anns[aid]
             rle = self._to_rle(a, h, w)
@@ -385,16 +386,7 @@ class CocoAdapter(BaseAdapter):
                 continue
             rles.append(rle)
             values.append(self.cat_to_native[a["category_id"]] + offset)
-        if rles:
-            areas = mask_utils.area(rles)
-            order = np.argsort(-areas.astype(np.int64), kind="stable")  # largest first
-            decoded = mask_utils.decode(rles)  # HxWxN uint8
-            boxes = mask_utils.toBbox(rles)  # xywh of each instance's pixels
-            for j in order:  # paint only inside each instance's box: N small copies, not N full images
-                x, y, bw, bh = boxes[j]
-                x1, y1 = int(x), int(y)
-                x2, y2 = min(int(np.ceil(x + bw)) + 1, w), min(int(np.ceil(y + bh)) + 1, h)
-                np.putmask(mask[y1:y2, x1:x2], decoded[y1:y2, x1:x2, j], values[j])
+        paint_largest_first(mask, rles, values)
         crowd_rles = []
         for aid in self._crowds[i]:
             a = self.coco.anns[aid]
@@ -421,8 +413,7 @@ class CocoAdapter(BaseAdapter):
                 polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
                 if not polys:
                     return None
-                rles = mask_utils.frPyObjects(polys, h, w)
-                return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
+                return polygons_to_rle(polys, h, w)
             if isinstance(segm, dict) and "counts" in segm and "size" in segm:
                 if [int(v) for v in segm["size"]] != [h, w]:
                     raise DataError(

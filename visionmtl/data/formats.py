@@ -15,11 +15,15 @@ from .base import BaseAdapter
 from .coco import CocoAdapter
 from .folder import CsvLabelsAdapter, ImageFolderAdapter
 from .masks import MaskFolderAdapter
+from .voc import VocAdapter
+from .yolo import YoloAdapter
 
 __all__ = ["ADAPTER_TYPES", "adapter_class", "check_adapter_args"]
 
 ADAPTER_TYPES: dict[str, type[BaseAdapter]] = {
     "coco": CocoAdapter, "masks": MaskFolderAdapter, "folder": ImageFolderAdapter, "csv": CsvLabelsAdapter,
+    "voc": VocAdapter,
+    "yolo": YoloAdapter,
 }
 
 

@@ -1,0 +1,366 @@
+"""YOLO layout (``type: yolo``): round trip from real COCO128, the data YAML, bad input, end to end.
+
+COCO128 is converted to YOLO twice with :func:`coco_to_yolo`: once as detection lines
+(``k cx cy w h``, for the boxes) and once as polygon lines (for the masks). Crowd annotations
+(the RLE ones in COCO128) have no YOLO form: the converter skips them, their pixels (255 in the
+COCO mask) are left out of the mask comparison, and the COCO adapter gives them no boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.data_helpers import write_image
+from tests.test_bad_input import _assert_one_line, _call
+from visionmtl.data.coco import CocoAdapter
+from visionmtl.data.errors import DataError
+from visionmtl.data.yolo import YoloAdapter, label_path
+from visionmtl.data.yolo_convert import coco_to_yolo
+from visionmtl.errors import ConfigError
+
+from .conftest import real_data
+
+SHAPES = ["circle", "square", "triangle", "star"]
+
+
+# ====================================================================== COCO128 round trip (real data)
+@pytest.fixture(scope="module")
+def coco128_yolo(tmp_path_factory):
+    root = real_data("coco128")
+    ann, images = root / "annotations" / "instances.json", root / "images"
+    out = tmp_path_factory.mktemp("coco128_yolo")
+    det = coco_to_yolo(ann, images, out / "det")
+    seg = coco_to_yolo(ann, images, out / "seg", segments=True)
+    return CocoAdapter(ann, images), out, det, seg
+
+
+def _by_name(adapter) -> dict[str, int]:
+    return {Path(adapter.path(i)).name: i for i in range(len(adapter))}
+
+
+def test_coco128_yolo_boxes_classes_and_labels_match_coco(coco128_yolo):
+    coco, out, det, _ = coco128_yolo
+    assert det == {"images": 128, "lines": 929, "crowd": 10, "no_polygon": 0, "degenerate": 0}
+    yolo = YoloAdapter(data=out / "det" / "data.yaml")
+    assert yolo.classes == coco.classes and len(yolo.classes) == 80
+    assert yolo.provides == ("boxes", "box_labels", "labels")  # detection lines: no mask
+    ci, yi = _by_name(coco), _by_name(yolo)
+    assert sorted(ci) == sorted(yi) and len(yi) == 128  # the same images
+    worst, n_boxes = 0.0, 0
+    for name, i in ci.items():
+        img_c, tc = coco.load(i)
+        img_y, ty = yolo.load(yi[name])
+        assert np.array_equal(img_c, img_y)
+        assert ty["boxes"].dtype == np.float32 and ty["box_labels"].dtype == np.int64
+        assert ty["box_labels"].tolist() == tc["box_labels"].tolist(), name  # same classes, same order
+        assert ty["boxes"].shape == tc["boxes"].shape, name
+        if len(tc["boxes"]):
+            worst = max(worst, float(np.abs(ty["boxes"] - tc["boxes"]).max()))
+        assert ty["labels"].tolist() == tc["labels"].tolist(), name
+        n_boxes += len(ty["boxes"])
+    print(f"\nCOCO128 as YOLO boxes: {n_boxes} boxes, largest difference {worst:.2e} px")
+    assert n_boxes == coco.stats()["boxes"] == 929
+    assert worst < 0.01
+    st = yolo.stats()
+    assert st["images"] == 128 and st["objects"] == 929 and st["polygons"] == 0
+    assert st["empty_label_files"] == st["empty_images"] == 2 and st["missing_label_files"] == 0
+
+
+def test_coco128_yolo_polygon_masks_match_coco(coco128_yolo):
+    coco, out, _, seg = coco128_yolo
+    assert seg == {"images": 128, "lines": 929, "crowd": 10, "no_polygon": 0, "degenerate": 0}
+    yolo = YoloAdapter(data=out / "seg" / "data.yaml")
+    assert yolo.provides == ("boxes", "box_labels", "labels", "mask")  # polygons found: masks too
+    assert yolo.mask_classes == coco.mask_classes == ["background"] + coco.classes
+    ci, yi = _by_name(coco), _by_name(yolo)
+    differ = compared = box_far = 0
+    per_image = []
+    for name, i in ci.items():
+        _, tc = coco.load(i)
+        _, ty = yolo.load(yi[name])
+        assert ty["mask"].dtype == np.uint8 and ty["mask"].shape == tc["mask"].shape
+        keep = tc["mask"] != 255  # crowd regions: not in the YOLO copy
+        assert np.all(ty["mask"] != 255)
+        d = int(np.count_nonzero(ty["mask"][keep] != tc["mask"][keep]))
+        differ += d
+        compared += int(keep.sum())
+        per_image.append(d / max(int(keep.sum()), 1))
+        assert ty["box_labels"].tolist() == tc["box_labels"].tolist(), name
+        # a polygon's box is its bounds, COCO's bbox was computed from the same polygons
+        box_far += int(np.sum(np.abs(ty["boxes"] - tc["boxes"]).max(axis=1) > 1.0)) if len(tc["boxes"]) else 0
+        assert ty["labels"].tolist() == tc["labels"].tolist(), name
+    share = differ / compared
+    print(f"\nCOCO128 as YOLO polygons: {differ} of {compared} pixels differ ({share:.4%}); "
+          f"worst image {max(per_image):.3%}; boxes more than 1 px from COCO's bbox: {box_far} of 929")
+    assert differ > 0  # the comparison sees the rasterised polygons (they are not copied masks) ...
+    assert share < 0.01  # ... and they differ only along edges
+    assert max(per_image) < 0.05
+    assert box_far <= 929 * 0.01
+
+
+# ====================================================================== synthetic YOLO trees
+def _tree(tmp_path: Path, labels: dict, names=("cat", "dog"), size=(40, 30), split="train", extra: dict | None = None,
+          suffix=".png") -> Path:
+    """``images/<split>/<stem><suffix>`` (w x h), ``labels/<split>/<stem>.txt`` (None: no file), data.yaml."""
+    w, h = size
+    for stem, text in labels.items():
+        write_image(tmp_path / "images" / split / f"{stem}{suffix}", h=h, w=w)
+        if text is not None:
+            lp = tmp_path / "labels" / split / f"{stem}.txt"
+            lp.parent.mkdir(parents=True, exist_ok=True)
+            lp.write_text(text)
+    data = {"path": str(tmp_path), split: f"images/{split}", "names": list(names), **(extra or {})}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "data.yaml"
+
+
+def test_label_path_mirrors_the_images_folder():
+    assert label_path("/d/images/train/a.jpg") == "/d/labels/train/a.txt"
+    assert label_path("/d/images/x/images/b.v1.png") == "/d/images/x/labels/b.v1.txt"  # the last images/
+    assert label_path("/d/pics/c.jpg") == "/d/pics/c.txt"  # no images/ folder: beside the image
+
+
+def test_boxes_denormalise_exactly_and_polygons_paint_like_coco(tmp_path):
+    yml = _tree(tmp_path / "box", {"a": "1 0.5 0.5 0.5 0.2\n0 0.125 0.1 0.25 0.2\n"})
+    a = YoloAdapter(data=yml)
+    assert a.classes == ["cat", "dog"] and a.provides == ("boxes", "box_labels", "labels")
+    _, t = a.load(0)
+    np.testing.assert_allclose(t["boxes"], [[10, 12, 30, 18], [0, 0, 10, 6]], atol=1e-5)
+    assert t["box_labels"].tolist() == [1, 0] and t["labels"].tolist() == [0, 1]
+    # polygons: a big cat square and a small dog square on it (written first); dog ends on top
+    big = "0 0 0 0.75 0 0.75 0.9375 0 0.9375"  # 30 x 30 at the origin of a 40 x 32 image
+    small = "1 0.25 0.3125 0.45 0.3125 0.45 0.5625 0.25 0.5625"  # x 10..18, y 10..18
+    b = YoloAdapter(data=_tree(tmp_path / "poly", {"a": f"{small}\n{big}\n"}, size=(40, 32)))
+    assert b.provides[-1] == "mask" and b.mask_classes == ["background", "cat", "dog"]
+    _, t = b.load(0)
+    m = t["mask"]
+    assert m[14, 14] == 2 and m[4, 4] == 1 and m[25, 25] == 1 and m[5, 35] == 0
+    np.testing.assert_allclose(t["boxes"], [[10, 10, 18, 18], [0, 0, 30, 30]], atol=1e-4)  # polygon bounds
+    # the same polygons through the COCO adapter paint the same mask
+    from tests.data_helpers import coco_dict, square, write_json
+
+    ann = write_json(tmp_path / "ann.json", coco_dict(
+        [(1, "a.png", 40, 32)],
+        [{"image_id": 1, "category_id": 2, "bbox": [10, 10, 8, 8], "segmentation": [square(10, 10, 8)]},
+         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30], "segmentation": [square(0, 0, 30)]}],
+        [(1, "cat"), (2, "dog")]))
+    _, tc = CocoAdapter(ann, tmp_path / "poly" / "images" / "train").load(0)
+    assert np.array_equal(tc["mask"], m)
+    # background=None: unlabelled pixels are ignore, classes keep their ids
+    c = YoloAdapter(data=tmp_path / "poly" / "data.yaml", background=None)
+    assert c.mask_classes == ["cat", "dog"] and c.load(0)[1]["mask"][5, 35] == 255
+
+
+def test_box_files_with_a_mask_requested_make_their_boxes_ignore(tmp_path):
+    a = YoloAdapter(data=_tree(tmp_path, {"a": "1 0.5 0.5 0.5 0.2\n"}), provides=["mask", "labels"])
+    _, t = a.load(0)
+    assert set(t) == {"mask", "labels"}
+    assert np.all(t["mask"][12:18, 10:30] == 255) and t["mask"][0, 0] == 0 and (t["mask"] == 255).sum() == 120
+
+
+def test_empty_and_missing_label_files_are_background_and_missing_ones_reported(tmp_path, caplog):
+    yml = _tree(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "", "c": None, "d": None})
+    with caplog.at_level(logging.WARNING):
+        a = YoloAdapter(data=yml, provides=["boxes", "box_labels", "mask", "labels"])
+    st = a.stats()
+    assert st == {"images": 4, "label_files": 2, "missing_label_files": 2, "empty_label_files": 1,
+                  "bad_label_files": 0, "objects": 1, "polygons": 0, "clipped_boxes": 0, "empty_images": 3}
+    warnings = [r.getMessage() for r in caplog.records if "no label file" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 4 images" in warnings[0] and "c.txt" in warnings[0]
+    for i in (1, 2, 3):
+        _, t = a.load(i)
+        assert t["boxes"].shape == (0, 4) and t["boxes"].dtype == np.float32
+        assert t["box_labels"].shape == (0,) and t["labels"].shape == (0,)
+        assert np.all(t["mask"] == 0)
+
+
+def test_data_yaml_forms(tmp_path, monkeypatch):
+    # names as {id: name}; path relative to the YAML's folder; train as a list of a folder and a
+    # .txt list (./ and plain relative lines are relative to the list's folder); val; nc checked
+    root = tmp_path / "ds"
+    _tree(root, {"a": "1 0.5 0.5 0.2 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"})
+    _tree(root, {"c": "1 0.5 0.5 0.2 0.2\n"}, split="val")
+    write_image(root / "extra" / "images" / "x.jpg", 30, 40)
+    (root / "extra" / "list.txt").write_text("./images/x.jpg\n\n# a comment\nimages/x.jpg\n")
+    yml = tmp_path / "cfg" / "data.yaml"
+    yml.parent.mkdir()
+    yml.write_text(yaml.safe_dump({"path": "../ds", "train": ["images/train", "extra/list.txt"], "val": "images/val",
+                                   "nc": 2, "names": {1: "dog", 0: "cat"}}))
+    a = YoloAdapter(data=yml)
+    assert a.classes == ["cat", "dog"]
+    assert [Path(a.path(i)).name for i in range(len(a))] == ["a.png", "b.png", "x.jpg", "x.jpg"]
+    assert a.stats()["missing_label_files"] == 2  # x.jpg has no labels/x.txt
+    v = YoloAdapter(data=str(yml), split="val")
+    assert len(v) == 1 and v.load(0)[1]["box_labels"].tolist() == [1]
+    # no path: the YAML's folder; images + names without a YAML (relative to the working directory)
+    (root / "data2.yaml").write_text(yaml.safe_dump({"train": "images/train", "names": ["cat", "dog"]}))
+    assert len(YoloAdapter(data=root / "data2.yaml")) == 2
+    monkeypatch.chdir(root)
+    b = YoloAdapter(images=["images/train", "images/val"], names=["cat", "dog"])
+    assert len(b) == 3 and b.load(2)[1]["labels"].tolist() == [1]
+    # an image list that leaves its folder needs allow_outside_root
+    (root / "extra" / "out.txt").write_text("../images/val/c.png\n")
+    with pytest.raises(DataError, match=r"out.txt: line 1: .*outside.*allow_outside_root"):
+        YoloAdapter(images="extra/out.txt", names=["cat", "dog"])
+    assert len(YoloAdapter(images="extra/out.txt", names=["cat", "dog"], allow_outside_root=True)) == 1
+
+
+# ====================================================================== bad input
+LINE_CASES = [
+    # (label file text, words the message must hold)
+    ("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n", ["line 2", "4 fields", "expected 5"]),
+    ("0 0.5 0.5 0.2 0.2 0.1\n", ["line 1", "6 fields"]),
+    ("0 0.5 1.5 0.2 0.2\n", ["line 1", "coordinate 1.5 outside [0, 1]"]),
+    ("0 0.5 0.5 -0.2 0.2\n", ["line 1", "coordinate -0.2 outside [0, 1]"]),
+    ("\n2 0.5 0.5 0.2 0.2\n", ["line 2", "class id 2 is not in names", "0-1"]),
+    ("0.5 0.5 0.5 0.2 0.2\n", ["line 1", "class id '0.5' is not an integer"]),
+    ("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.2 0.2 0.3 0.3\n", ["line 2", "polygon of 2 points", "at least 3"]),
+    ("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.2 0.2\n", ["line 2", "polygon of 1 point;"]),
+    ("0 0.5 abc 0.2 0.2\n", ["line 1", "'abc' is not a number"]),
+]
+
+
+@pytest.mark.parametrize("text,words", LINE_CASES, ids=[c[1][1] for c in LINE_CASES])
+def test_bad_label_lines_name_the_file_and_line(tmp_path, caplog, text, words):
+    yml = _tree(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": text})
+    with caplog.at_level(logging.WARNING):
+        a = YoloAdapter(data=yml)
+    assert a.stats()["bad_label_files"] == 1
+    assert "1 label files have errors" in caplog.text and "bad.txt: line" in caplog.text  # reported when built
+    i = [Path(a.path(j)).stem for j in range(len(a))].index("bad")
+    with pytest.raises(DataError) as e:
+        a.load(i)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "labels" / "train" / "bad.txt") + ": line ")
+    for w in words:
+        assert w in msg, (w, msg)
+    a.load(1 - i)  # the good image still loads
+
+
+YAML_CASES = [
+    # (data.yaml contents, words the message must hold)
+    ({"train": "images/train"}, ["data.yaml", "no key 'names'"]),
+    ({"train": "images/nowhere", "names": ["cat"]}, ["data.yaml", "key 'train'", "images/nowhere", "not found"]),
+    ({"val": "images/train", "names": ["cat"]}, ["data.yaml", "no key 'train'"]),
+    ({"path": "missing_root", "train": "images/train", "names": ["cat"]}, ["data.yaml", "key 'path'", "missing_root"]),
+    ({"train": "images/train", "names": {0: "cat", 2: "dog"}}, ["data.yaml", "key 'names'", "ids must be 0 .. 1"]),
+    ({"train": "images/train", "names": ["cat", "cat"]}, ["data.yaml", "key 'names'", "['cat'] more than once"]),
+    ({"train": "images/train", "names": ["cat"], "nc": 3}, ["data.yaml", "key 'nc' is 3", "1 classes"]),
+    ({"train": "data.yaml", "names": ["cat"]}, ["data.yaml", "key 'train'", "neither a folder nor a .txt list"]),
+]
+
+
+@pytest.mark.parametrize("data,words", YAML_CASES, ids=[c[1][-1] for c in YAML_CASES])
+def test_bad_data_yaml_names_the_file_and_key(tmp_path, data, words):
+    write_image(tmp_path / "images" / "train" / "a.png", 10, 10)
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(DataError) as e:
+        YoloAdapter(data=tmp_path / "data.yaml")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "data.yaml") + ": ")
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    yml = _tree(tmp_path, {"a": ""})
+    for kw, words in [({}, "either 'data'"), ({"data": yml, "images": "x"}, "not both"),
+                      ({"images": str(tmp_path / "images")}, "needs 'names'"),
+                      ({"data": yml, "provides": ["boxes", "masks"]}, "cannot provide ['masks']"),
+                      ({"data": yml, "split": "names"}, "not a split")]:
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            YoloAdapter(**kw)
+    with pytest.raises(DataError, match=r"data.yaml: data YAML not found"):
+        YoloAdapter(data=tmp_path / "nope" / "data.yaml")
+    (tmp_path / "bad.yaml").write_text("names: [unclosed\n")
+    with pytest.raises(DataError, match=r"bad.yaml: not valid YAML \(line"):
+        YoloAdapter(data=tmp_path / "bad.yaml")
+
+
+# ====================================================================== through the tools
+@pytest.fixture(scope="module")
+def shapes_yolo(tmp_path_factory, shapes_dir) -> Path:
+    """The shapes fixture as a YOLO tree with polygons (its RLE-only objects are left out)."""
+    out = tmp_path_factory.mktemp("shapes_yolo")
+    for split in ("train", "val"):
+        counts = coco_to_yolo(shapes_dir / split / "annotations.json", shapes_dir / split / "images", out,
+                              split=split, segments=True)
+        assert counts["lines"] > 0 and counts["crowd"] == 0
+    return out / "data.yaml"
+
+
+def _config(path: Path, data_yaml: Path, work: Path, extra: str = "") -> Path:
+    path.write_text(f"""
+tasks:
+  cls: {{type: classification, classes: {SHAPES}, head: {{levels: [p3, p4, p5]}}}}
+  det: {{type: detection, classes: {SHAPES}, head: {{num_convs: 1}}}}
+  seg: {{type: segmentation, classes: [background, {', '.join(SHAPES)}], head: {{channels: 16}}}}
+model: {{backbone: {{name: resnet18, fpn_channels: 16, num_stages: 3}}}}
+data:
+  img_size: 64
+  batch_size: 8
+  workers: 0
+  train: [{{type: yolo, data: {data_yaml}}}]
+  val: [{{type: yolo, data: {data_yaml}, split: val}}]
+train: {{epochs: 1, max_iters: 3, amp: 'off', threads: 1, warmup_iters: 1}}
+work_dir: {work}
+{extra}
+""")
+    return path
+
+
+def test_train_and_eval_from_a_yolo_data_yaml(capsys, tmp_path, shapes_yolo):
+    cfg = _config(tmp_path / "c.yaml", shapes_yolo, tmp_path / "w")
+    code, err = _call(capsys, "train", [cfg])
+    assert code == 0, err[-3000:]
+    assert (tmp_path / "w" / "last.pt").is_file()
+    code, err = _call(capsys, "eval", [cfg, tmp_path / "w" / "last.pt", "--out", tmp_path / "m.json"])
+    assert code == 0, err[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"cls", "det", "seg"} <= set(metrics)
+    assert "mAP" in metrics["det"] and "mIoU" in metrics["seg"] and "mAP" in metrics["cls"]
+
+
+def _damaged_copy(tmp_path: Path, shapes_yolo: Path) -> tuple[Path, Path]:
+    """A copy of the shapes YOLO data YAML whose train split has one bad label line; returns
+    (data.yaml, the bad label file)."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(shapes_yolo.parent, root, symlinks=True)
+    d = yaml.safe_load(shapes_yolo.read_text())
+    d["path"] = str(root)
+    (root / "data.yaml").write_text(yaml.safe_dump(d))
+    bad = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    bad.write_text(bad.read_text() + "0 0.5 0.5 0.2 0.2 0.1\n")
+    return root / "data.yaml", bad
+
+
+def test_bad_label_line_through_train_is_one_line_or_a_counted_skip(capsys, tmp_path, shapes_yolo):
+    yml, bad = _damaged_copy(tmp_path, shapes_yolo)
+    n = len(bad.read_text().splitlines())
+    cfg = _config(tmp_path / "c.yaml", yml, tmp_path / "w", extra="")
+    code, err = _call(capsys, "train", [cfg, "--set", "train.max_iters=6", "data.val=[]"])  # one epoch: 6 batches
+    _assert_one_line(code, err, str(bad), f"line {n}", "6 fields")
+    # with on_bad_sample: skip the image is dropped and counted
+    from visionmtl.config import load_config
+    from visionmtl.data.loader import build_loader
+
+    loader = build_loader(load_config(cfg, ["data.on_bad_sample=skip"]), "train", workers=0)
+    loader.sampler.set_epoch(0)
+    assert sum(b.n_bad for b in loader) == 1
+
+
+def test_data_yaml_without_names_through_train_is_one_line(capsys, tmp_path, shapes_yolo):
+    d = yaml.safe_load(shapes_yolo.read_text())
+    del d["names"]
+    yml = tmp_path / "data.yaml"
+    yml.write_text(yaml.safe_dump(d))
+    code, err = _call(capsys, "train", [_config(tmp_path / "c.yaml", yml, tmp_path / "w")])
+    _assert_one_line(code, err, str(yml), "no key 'names'")
