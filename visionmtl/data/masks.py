@@ -1,13 +1,15 @@
-"""Semantic segmentation as an image folder plus a folder of class-index PNG masks."""
+"""Semantic segmentation as an image folder plus a folder of class-index (or colour) PNG masks."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import BaseAdapter, read_image, read_mask
+from .colors import ColorTable, read_color_mask
 from .errors import DataError
 
 IGNORE = 255
@@ -27,6 +29,17 @@ class MaskFolderAdapter(BaseAdapter):
             image in ``img_dir`` is used, sorted by file name.
         provides: ``("mask",)`` by default; add ``"labels"`` to also get the image-level set
             of classes present in the mask.
+        colors: the masks are RGB colours, not class indices: a colour -> class table, either
+            ``{class name: [r, g, b]}`` naming every class or a list of colours in class order.
+            A colour may also be ``"#rrggbb"``, and a class may list several colours
+            (``{Car: [[64, 0, 128], [64, 128, 192]]}``). Colour PNGs are read as RGB (an alpha
+            channel is dropped, a palette PNG is expanded to its colours); see
+            :class:`visionmtl.data.colors.ColorTable`. Without ``colors`` (default) masks are
+            single-channel class indices, as before.
+        ignore_colors: with ``colors``, colours that mean "ignore" (255), e.g. ``[[0, 0, 0]]``.
+        unknown_color: with ``colors``, what a colour in neither table means: ``"error"``
+            (default; ``DataError`` naming the mask file, the colour and its pixel count) or
+            ``"ignore"`` (255).
 
     Every image must have a mask (checked once here). At load time a mask whose size differs
     from its image, or that holds a value outside ``classes`` that is not ignored, raises
@@ -36,6 +49,13 @@ class MaskFolderAdapter(BaseAdapter):
 
         MaskFolderAdapter("camvid/train", "camvid/trainannot",
                           classes=["Sky", "Building", ..., "Bicyclist"], ignore_ids=[11])
+
+    Example (CamVid's colour labels)::
+
+        MaskFolderAdapter("camvid/701_StillsRaw_full", "camvid/LabeledApproved_full",
+                          classes=["Sky", "Building", ...], mask_suffix="_L.png",
+                          colors={"Sky": [128, 128, 128], "Building": [128, 0, 0], ...},
+                          ignore_colors=[[0, 0, 0]])
     """
 
     labels_follow = "mask"
@@ -50,6 +70,9 @@ class MaskFolderAdapter(BaseAdapter):
         img_suffixes: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp"),
         mask_suffix: str = ".png",
         provides: Sequence[str] = ("mask",),
+        colors: Mapping | Sequence | None = None,
+        ignore_colors: Sequence = (),
+        unknown_color: str = "error",
     ):
         self.img_dir = str(img_dir)
         self.mask_dir = str(mask_dir)
@@ -68,6 +91,14 @@ class MaskFolderAdapter(BaseAdapter):
         for v in self.ignore_ids:
             if not 0 <= v <= 255:
                 raise ValueError(f"ignore id {v} is not a uint8 mask value")
+        self.colors: ColorTable | None = None
+        if colors is not None:
+            if self.ignore_ids:
+                raise ConfigError("ignore_ids are class-index values; with colors, list ignore colours in "
+                                  "ignore_colors")
+            self.colors = ColorTable(self.classes, colors, ignore_colors, unknown_color)
+        elif ignore_colors or unknown_color != "error":
+            raise ConfigError("ignore_colors and unknown_color apply to colour masks only; give colors too")
 
         # value -> output value; values that are neither classes nor ignored are flagged invalid
         self._lut = np.arange(256, dtype=np.uint8)
@@ -157,7 +188,7 @@ class MaskFolderAdapter(BaseAdapter):
 
     def load(self, i: int) -> tuple[np.ndarray, dict]:
         img = read_image(self._img_paths[i])
-        raw = read_mask(self._mask_paths[i])
+        raw = self._read_mask(i)
         if raw.shape != img.shape[:2]:
             raise DataError(
                 self._mask_paths[i],
@@ -171,6 +202,14 @@ class MaskFolderAdapter(BaseAdapter):
         if "labels" in self.provides:
             target["labels"] = np.flatnonzero(counts[: len(self.classes)]).astype(np.int64)
         return img, target
+
+    def _read_mask(self, i: int) -> np.ndarray:
+        """Mask ``i`` as HxW uint8 values: the stored class indices, or the colours mapped to class
+        ids (255 = ignore) with ``colors``."""
+        path = self._mask_paths[i]
+        if self.colors is None:
+            return read_mask(path)
+        return self.colors.to_index(read_color_mask(path), path)
 
     def _counts(self, i: int, raw: np.ndarray) -> np.ndarray:
         """Histogram of raw mask values (length 256); raises on values outside the classes."""
@@ -191,7 +230,7 @@ class MaskFolderAdapter(BaseAdapter):
         are not counted. Reads the masks only; the result is cached."""
         if self._pixel_counts is None:
             total = np.zeros(256, dtype=np.int64)
-            for i, p in enumerate(self._mask_paths):
-                total += self._counts(i, read_mask(p))
+            for i in range(len(self._mask_paths)):
+                total += self._counts(i, self._read_mask(i))
             self._pixel_counts = total[: len(self.classes)].copy()
         return self._pixel_counts.copy()
