@@ -134,3 +134,25 @@ def test_real_coco128_and_camvid(tmp_path):
     tr, va = dataset_report(cfg, ["train", "val"])
     assert (tr["images"], va["images"], tr["problems"], va["problems"]) == (367, 101, {}, {})
     assert list(tr["pixels_per_class"])[0] == "Road" and tr["image_sizes"] == {"480x360": 367}
+
+
+def test_coco_to_yolo_cli_then_report_matches_coco(shapes_dir, tmp_path):
+    """tools/coco_to_yolo.py writes a YOLO copy whose report equals the COCO original's."""
+    ann, imgs = shapes_dir / "val" / "annotations.json", shapes_dir / "val" / "images"
+    out = tmp_path / "yolo"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "coco_to_yolo.py"), str(ann), str(imgs), str(out),
+                        "--split", "val", "--segments"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "crowd 0" in r.stdout and (out / "data.yaml").exists()
+    coco = {"type": "coco", "ann_file": str(ann), "img_dir": str(imgs)}
+    yolo = {"type": "yolo", "data": str(out / "data.yaml"), "split": "val"}
+    names = ["circle", "square", "triangle", "star"]
+    tasks = {"det": {"type": "detection", "classes": names}}
+    a, b = (dataset_report(config_from_dict({"tasks": tasks, "data": {"train": [d], "val": [d]},
+                                             "work_dir": str(tmp_path / "w")}), ["train"])[0] for d in (coco, yolo))
+    for key in ("images", "read", "boxes", "empty_images", "boxes_per_class", "images_per_class", "box_size_bins"):
+        assert a[key] == b[key], key
+    assert a["problems"] == b["problems"] == {}
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "coco_to_yolo.py"), str(tmp_path / "no.json"),
+                        str(imgs), str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "no.json" in r.stderr
