@@ -190,6 +190,7 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the training forward (loss-weighting methods; engine/runtime.py)
     seed: int = 0
     eval_interval: int = 1  # epochs
     best_metric: str = "auto"  # e.g. det.mAP; auto = mean of each task's main metric

@@ -121,6 +121,10 @@ def _validate_strategy(cfg: Any, origin: dict, file: str) -> None:
     if gradient and mc.sharing == "soft":
         raise ConfigError(f"{at}: gradient method '{tc.method.name}' needs shared parameters, but "
                           "model.sharing: soft gives every task its own backbone")
+    if gradient and tc.compile:
+        raise ConfigError(f"{where('train.compile', origin, file)}: train.compile compiles the joint forward, but "
+                          f"gradient method '{tc.method.name}' runs the model per task; set train.compile=false "
+                          "or use a loss weighting method")
     if tc.method.task_grad_clip > 0 and not gradient:
         raise ConfigError(f"{where('train.method.task_grad_clip', origin, file)}: train.method.task_grad_clip "
                           f"needs per-task gradients; use a gradient method (e.g. name: sum), not '{tc.method.name}'")

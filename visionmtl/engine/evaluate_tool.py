@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import load_config
+from ..errors import ConfigError
 from ..data.loader import build_loader, usable_workers
 from ..models.build import build_model
 from .checkpoint import CheckpointError, inference_state, load_checkpoint, load_model_state
@@ -22,7 +23,11 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
             raise CheckpointError(f"{checkpoint}: checkpoint was trained for tasks/classes {_brief(classes)}, "
                                   f"but {config} configures {_brief(mine)}")
     cfg.model.backbone.weights = "none"
-    dev = pick_device(device if device != "auto" else cfg.train.device)
+    name = device if device != "auto" else cfg.train.device
+    try:
+        dev = pick_device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"{'--device' if device != 'auto' else 'train.device'} {name}: {e}") from None
     model = build_model(cfg)
     load_model_state(model, inference_state(ckpt), checkpoint)
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

@@ -1,5 +1,5 @@
-"""Device, precision and seeding: the runtime choices the trainer, evaluation, benchmark and
-predictor share (nothing here imports the trainer).
+"""Device, precision, ``torch.compile`` support and seeding: the runtime choices the trainer,
+evaluation, benchmark and predictor share (nothing here imports the trainer).
 
 ``train.amp: auto`` turns on bf16 autocast on CUDA and on CPUs where bf16 pays off (AMX or
 AVX512-BF16), fp32 elsewhere. Results therefore depend on the CPU unless precision is pinned:
@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import sys
 from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["CPU_BF16_ENV", "cpu_bf16_fast", "pick_amp", "pick_device", "seed_everything"]
+from ..errors import ConfigError
+
+__all__ = ["CPU_BF16_ENV", "check_compile", "compile_model", "cpu_bf16_fast", "pick_amp", "pick_device",
+           "seed_everything"]
 
 CPU_BF16_ENV = "VISIONMTL_CPU_BF16"
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` without CUDA raises RuntimeError."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` without that GPU raises RuntimeError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available ({why}); use 'cpu' or 'auto'")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def cpu_bf16_fast() -> bool:
@@ -65,3 +74,46 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_compile(device: torch.device) -> None:
+    """Raise a one-line :class:`ConfigError` when ``torch.compile`` (``train.compile``) cannot run on ``device``.
+
+    Checked before any data is read: TorchDynamo must support this Python and platform, the
+    Inductor backend needs Triton, a C compiler (``$CC``, else gcc or clang) and compute capability
+    7.0+ on CUDA, and a C++ compiler (``$CXX``, else ``g++``) on CPU.
+    """
+    import torch._dynamo
+
+    supported = getattr(torch._dynamo, "is_dynamo_supported", lambda: True)
+    if not supported():
+        raise ConfigError(f"train.compile: torch.compile is not supported with Python "
+                          f"{sys.version_info.major}.{sys.version_info.minor} on {sys.platform} by torch "
+                          f"{torch.__version__}; set train.compile=false")
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (7, 0):
+            raise ConfigError(f"train.compile: torch.compile (Inductor) needs CUDA compute capability 7.0+, "
+                              f"{torch.cuda.get_device_name(device)} has {major}.{minor}; set train.compile=false")
+        if not has_triton():
+            raise ConfigError("train.compile: torch.compile on CUDA needs Triton, which is not installed "
+                              "(pip install triton); set train.compile=false")
+        cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")  # Triton's own lookup
+        if not cc or shutil.which(cc) is None:
+            raise ConfigError(f"train.compile: Triton builds its kernel launcher with a C compiler, and "
+                              f"{cc or 'none'} ($CC, else gcc or clang) was not found; install one or set "
+                              "train.compile=false")
+    elif device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None:
+            raise ConfigError(f"train.compile: torch.compile on CPU needs a C++ compiler, and '{cxx}' "
+                              "($CXX, else g++) was not found; install one or set train.compile=false")
+    else:
+        raise ConfigError(f"train.compile: not supported on device type '{device.type}'; set train.compile=false")
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)`` (default Inductor backend); the result shares ``model``'s parameters."""
+    return torch.compile(model)

@@ -29,7 +29,7 @@ from ..models.build import build_model
 from . import dist
 from ..errors import ConfigError, DataError, NonFiniteLossError
 from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_state, save_checkpoint, set_rng_state
-from .runtime import cpu_bf16_fast, pick_amp, pick_device, seed_everything
+from .runtime import check_compile, compile_model, cpu_bf16_fast, pick_amp, pick_device, seed_everything
 from .step import StepParts, train_step
 from .ema import ModelEMA
 from .evaluate import evaluate, summary_score
@@ -66,6 +66,8 @@ class Trainer:
             self.device = pick_device(tc.device)
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"train.device: {e}") from None
+        if tc.compile:  # before any data is read
+            check_compile(self.device)
         self.rank, self.world, local_rank = dist.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
@@ -124,12 +126,13 @@ class Trainer:
             save_config(cfg, self.work_dir / "config.yaml")
 
     def _wrap(self):
-        """The module the step calls: DDP around the model when distributed."""
-        if self.world <= 1:
-            return self.net
-        unused = self.alternating or bool(self.cfg.train.stages)  # heads that sit out a step
-        return DDP(self.net, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                   find_unused_parameters=unused)
+        """The module the step calls: DDP around the model when distributed, compiled with ``train.compile``."""
+        model = self.net
+        if self.world > 1:
+            unused = self.alternating or bool(self.cfg.train.stages)  # heads that sit out a step
+            model = DDP(self.net, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                        find_unused_parameters=unused)
+        return compile_model(model) if self.cfg.train.compile else model
 
     def _task_streams(self) -> TaskStreams:
         """Alternating training: one loader per task over the training datasets that label it."""
@@ -297,7 +300,9 @@ class Trainer:
     @property
     def eval_model(self) -> torch.nn.Module:
         """What validation, ``best.pt`` and inference use: the EMA of the weights when enabled."""
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is not None:
+            return self.ema.module
+        return getattr(self.model, "_orig_mod", self.model)  # a compiled model evaluates eagerly (sizes vary)
 
     def evaluate(self, loader=None) -> dict:
         return evaluate(self.eval_model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
