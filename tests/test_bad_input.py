@@ -92,6 +92,7 @@ CONFIG_CASES = [
     (["data.train.0.ann_fil=x.json"], ["ann_fil", "did you mean 'ann_file'"]),
     (["data.train.0.type=yolo5"], ["unknown dataset type 'yolo5'", "did you mean 'yolo'"]),
     (["data.train.0.tasks=[seg]"], ["unknown task 'seg'"]),
+    (["data.train.0.provides=[boxes, bogus]"], ["data.train.0", "bogus"]),
     (["train.stages=[{epochs: 5}]"], ["train.stages", "5 epochs"]),
     (["train.device=cuda:3"], ["train.device", "CUDA"]),
     (["traing.lr=0.1"], ["traing"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 
 from tests.conftest import real_data
 from tests.data_helpers import coco_dict, truncate_file, write_image, write_json, write_mask
+from visionmtl.cli import run
 from visionmtl.config import config_from_dict
 from visionmtl.data.report import dataset_report, format_report, problem_kind, write_report
 
@@ -98,22 +100,34 @@ def test_coco_report_figures(tmp_path):
     assert paths[1].suffix == ".png" and paths[1].stat().st_size > 1000
 
 
-def test_cli_writes_report_and_strict_exit(tmp_path):
+def _tool(capsys, argv):
+    """tools/dataset_info.py in this process (its main and parser, through cli.run)."""
+    spec = importlib.util.spec_from_file_location("dataset_info_tool", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = {"main": 0}
+
+    def main(a):
+        rc["main"] = mod.main(a)
+
+    code = run(main, mod.get_args_parser().parse_args([str(a) for a in argv]))
+    out = capsys.readouterr()
+    return code or rc["main"], out.out, out.err
+
+
+def test_cli_writes_report_and_strict_exit(capsys, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(json.dumps(_cfg(tmp_path, _coco_dataset(tmp_path / "d")).to_dict()))
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(TOOL), str(cfg_file), "--split", "train", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "boxes per class (top 10): cat 2, dog 1" in r.stdout and "missing file: 1" in r.stdout
+    code, stdout, err = _tool(capsys, [cfg_file, "--split", "train", "--out", out])
+    assert code == 0, err
+    assert "boxes per class (top 10): cat 2, dog 1" in stdout and "missing file: 1" in stdout
     assert (out / "dataset_info.json").exists() and list(out.glob("*.png"))
-    r = subprocess.run([sys.executable, str(TOOL), str(cfg_file), "--split", "train", "--out", str(out), "--strict"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
-    r = subprocess.run([sys.executable, str(TOOL), str(cfg_file), "--set", "data.bogus=1"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and "bogus" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    code, _, _ = _tool(capsys, [cfg_file, "--split", "train", "--out", out, "--strict"])
+    assert code == 1
+    code, _, err = _tool(capsys, [cfg_file, "--set", "data.bogus=1"])
+    assert code == 2 and err.startswith("error: ") and "bogus" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_real_coco128_and_camvid(tmp_path):

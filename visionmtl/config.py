@@ -94,7 +94,7 @@ _LEGACY_TASK_KEYS = {"multilabel": True, "label_smoothing": 0.0, "attr": None}
 class DatasetConfig:
     """One dataset. Keys other than these go to the adapter's constructor (checked by name)."""
 
-    type: str  # coco | masks | folder | csv
+    type: str  # coco | masks | folder | csv | yolo | voc (data/formats.py)
     tasks: list[str] = field(default_factory=list)  # task names this dataset labels
     name: str = ""
     class_map: dict[str, Optional[str]] = field(default_factory=dict)  # native -> task class (null = ignore)

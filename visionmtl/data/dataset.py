@@ -116,7 +116,7 @@ def build_adapter(d: DatasetConfig, where: str = "") -> BaseAdapter:
     cls = check_adapter_args(d.type, d.args, where)
     try:
         return cls(**d.args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a bad argument value (ConfigError too): one line naming the entry
         raise ConfigError(f"{where}: dataset type '{d.type}': {e}") from None
 
 
