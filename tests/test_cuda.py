@@ -301,6 +301,8 @@ def test_gpu_bench_cpu_smoke(tmp_path, capsys):
     assert json.loads((tmp_path / "b.json").read_text())["batch"] == 2
     assert result["compute"]["steps"] == 2 and result["compute"]["img_s"] > 0
     assert result["loader"]["steps"] == 2 and 0 < result["loader"]["busy_share"] <= 1
+    ld = result["loader"]
+    assert ld["useful_share"] == pytest.approx(ld["img_s"] / result["compute"]["img_s"])
     ratio = result["train_flops_per_img"] / result["fwd_flops_per_img"]
     assert 2.0 < ratio < 3.5, ratio  # backward ~ 2x forward
     assert 0 < result["mfu"] < 1

@@ -227,6 +227,7 @@ for name, label in (("bench.json", ""), ("bench_compile.json", " (compile)")):
                                                 f"MFU {pct(ld['mfu'])})"),
         (f"GPU busy share (not waiting for data){label}", f"{pct(ld['busy_share'])} (waited {ld['wait_s']:.2f} s of "
                                                           f"{ld['seconds']:.2f} s)"),
+        (f"img/s with DataLoader / batch on GPU{label}", pct(ld.get("useful_share"))),
         (f"warm-up{label}", f"{b['warmup_s']:.1f} s"),
     ]
     if b.get("compute_cudnn_benchmark"):
