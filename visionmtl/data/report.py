@@ -155,9 +155,8 @@ class _Stats:
             "images_per_class": ranked(self.images_per_class), "pixels_per_class": ranked(self.pixels_per_class),
             "box_side": dist(self.box_side), "box_aspect": dist(self.box_aspect),
             # COCO's size bins by area: small < 32^2 <= medium < 96^2 <= large
-            "box_size_bins": {"small": int(np.sum(np.asarray(self.box_side) < 32)),
-                              "medium": int(np.sum((np.asarray(self.box_side) >= 32) & (np.asarray(self.box_side) < 96))),
-                              "large": int(np.sum(np.asarray(self.box_side) >= 96))},
+            "box_size_bins": dict(zip(("small", "medium", "large"),
+                                      np.histogram(self.box_side, bins=[0, 32, 96, np.inf])[0].tolist())),
             "box_side_hist": hist(self.box_side, SIDE_EDGES),
             "box_aspect_hist": hist(np.log2(np.clip(self.box_aspect, 1e-3, None)).tolist() if self.box_aspect else [],
                                     ASPECT_EDGES),

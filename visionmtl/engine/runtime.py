@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["CPU_BF16_ENV", "check_compile", "compile_model", "cpu_bf16_fast", "pick_amp", "pick_device",
+__all__ = ["CPU_BF16_ENV", "check_compile", "cpu_bf16_fast", "pick_amp", "pick_device",
            "seed_everything"]
 
 CPU_BF16_ENV = "VISIONMTL_CPU_BF16"
@@ -112,8 +112,3 @@ def check_compile(device: torch.device) -> None:
                               "($CXX, else g++) was not found; install one or set train.compile=false")
     else:
         raise ConfigError(f"train.compile: not supported on device type '{device.type}'; set train.compile=false")
-
-
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile(model)`` (default Inductor backend); the result shares ``model``'s parameters."""
-    return torch.compile(model)

@@ -29,7 +29,7 @@ from ..models.build import build_model
 from . import dist
 from ..errors import ConfigError, DataError, NonFiniteLossError
 from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_state, save_checkpoint, set_rng_state
-from .runtime import check_compile, compile_model, cpu_bf16_fast, pick_amp, pick_device, seed_everything
+from .runtime import check_compile, cpu_bf16_fast, pick_amp, pick_device, seed_everything
 from .step import StepParts, train_step
 from .ema import ModelEMA
 from .evaluate import evaluate, summary_score
@@ -132,7 +132,7 @@ class Trainer:
             unused = self.alternating or bool(self.cfg.train.stages)  # heads that sit out a step
             model = DDP(self.net, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                         find_unused_parameters=unused)
-        return compile_model(model) if self.cfg.train.compile else model
+        return torch.compile(model) if self.cfg.train.compile else model  # shares model's parameters
 
     def _task_streams(self) -> TaskStreams:
         """Alternating training: one loader per task over the training datasets that label it."""
