@@ -56,6 +56,8 @@ def validate(cfg: Any, origin: dict, file: str) -> None:
         if not name or "." in name:
             raise ConfigError(f"{w('tasks')}: invalid task name {name!r} (non-empty, no '.')")
         spec(t).validate(name, t, w)
+    for name, t in cfg.tasks.items():
+        spec(t).check_links(name, t, cfg.tasks, w)
     kinds = {t.type for t in cfg.tasks.values()}
     for kind in sorted(kinds):
         names = [n for n, t in cfg.tasks.items() if t.type == kind]

@@ -31,6 +31,7 @@ from ..config import Config, ConfigError
 from ..data.base import read_image
 from ..engine.checkpoint import load_trained
 from ..engine.runtime import pick_amp, pick_device
+from ..models.multitask import predict_order
 from ..models.tta import merge_flip
 from ..tasks import spec
 
@@ -246,15 +247,19 @@ class Predictor:
         if isinstance(raw, FlipRaw):  # detection candidates below thr never reach NMS
             merged = merge_flip(self.model.heads, raw, raw.mirror, raw.width, batch.input_sizes, batch.orig_sizes,
                                 min_score=thr, types={n: t.type for n, t in self.tasks.items()})
-        for name in self.task_names:
+        decoded: list[dict] = [{} for _ in range(len(batch))]
+        for name in predict_order(self.model.heads, self.task_names):
             task = self.tasks[name]
             kind = spec(task)
             if merged is not None:
                 preds = [m[name] for m in merged]
             else:  # detection candidates below thr never reach NMS
+                after = getattr(self.model.heads[name], "after", None)
+                kw = {"given": [d[after] for d in decoded]} if after else {}
                 preds = kind.predict(self.model.heads[name], raw[name], batch.input_sizes, batch.orig_sizes,
-                                     min_score=thr)
+                                     min_score=thr, **kw)
             for i, p in enumerate(preds):
+                decoded[i][name] = p
                 results[i][name] = kind.to_numpy(task, p, thr)
         return results
 

@@ -8,7 +8,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MultiTaskModel"]
+__all__ = ["MultiTaskModel", "predict_order"]
+
+
+def predict_order(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> list[str]:
+    """``tasks`` ordered so that a head which decodes on another task's results (its ``after``
+    attribute names that task, e.g. instance masks on a detector's boxes) comes after that task.
+
+    Raises:
+        ValueError: such a head's task is not among ``tasks``.
+    """
+    tasks = list(tasks)
+    first = [t for t in tasks if not getattr(heads[t], "after", None)]
+    for t in tasks:
+        after = getattr(heads[t], "after", None)
+        if after and after not in first:
+            raise ValueError(f"task '{t}' decodes on the results of task '{after}', which is not being predicted")
+    return first + [t for t in tasks if t not in first]
 
 
 class MultiTaskModel(nn.Module):
@@ -169,9 +185,10 @@ class MultiTaskModel(nn.Module):
         """
         n = len(image_sizes)
         results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
-        for task, head in self.heads.items():
-            if task not in raw:
-                continue
-            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes)):
+        for task in predict_order(self.heads, [t for t in self.heads if t in raw]):
+            head = self.heads[task]
+            after = getattr(head, "after", None)
+            kw = {"given": [r[after] for r in results]} if after else {}
+            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes, **kw)):
                 results[i][task] = r
         return results

@@ -7,7 +7,9 @@ MMSegmentation and MMDetection merge flip augmentation:
 * segmentation: the class probabilities are averaged, after mirroring the second pass back;
 * detection: the boxes of the second pass are mirrored back, the two sets are pooled and
   class-wise NMS (:func:`torchvision.ops.batched_nms`, the head's ``nms_thresh``) keeps at most
-  the head's ``max_det``.
+  the head's ``max_det``;
+* a task that decodes on another's results (instance masks on the detector's boxes) decodes the
+  first pass on the merged results.
 
 Mirroring happens on the padded canvas (width ``W``, a multiple of 32 and so of every output
 stride), so a logit map mirrored back lines up cell for cell with the first pass, and a box
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from ..tasks import spec
 from .heads.common import hw_list
+from .multitask import predict_order
 
 __all__ = ["merge_flip", "predict_flip"]
 
@@ -65,9 +68,13 @@ def merge_flip(heads: Mapping[str, torch.nn.Module], raw: Mapping, raw_m: Mappin
     sizes = hw_list(image_sizes, b)
     origs = hw_list(orig_sizes, b)
     results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(b)]
-    for task, head in heads.items():
-        if task not in raw:
-            continue
-        for i, r in enumerate(spec(types[task]).merge_flip(head, raw[task], raw_m[task], width, sizes, origs, min_score)):
+    for task in predict_order(heads, [t for t in heads if t in raw]):
+        head, kind = heads[task], spec(types[task])
+        after = getattr(head, "after", None)
+        if after:  # decodes on another task's merged results, from the first pass
+            merged = kind.predict(head, raw[task], sizes, origs, min_score, given=[r[after] for r in results])
+        else:
+            merged = kind.merge_flip(head, raw[task], raw_m[task], width, sizes, origs, min_score)
+        for i, r in enumerate(merged):
             results[i][task] = r
     return results

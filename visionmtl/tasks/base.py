@@ -46,6 +46,8 @@ class TaskType:
         uses_classes: ``classes`` is required (and names the outputs).
         single: at most one task of this type per model (its target keys are not namespaced).
         trackable: results are boxes that the video pipeline's tracker follows.
+        gives_boxes: results are per-object boxes another task can build on (an instance task
+            segments a detection task's boxes: :meth:`check_links`).
         coco_iou_type: the COCO results type its :meth:`coco_results` writes (``bbox``,
             ``segm``), or None.
         draw_layer: drawing order in :func:`visionmtl.inference.draw.draw_result`
@@ -59,6 +61,7 @@ class TaskType:
     uses_classes: bool = True
     single: bool = False
     trackable: bool = False
+    gives_boxes: bool = False
     coco_iou_type: Optional[str] = None
     draw_layer: int = 2
 
@@ -81,6 +84,15 @@ class TaskType:
                 raise ConfigError(f"{where(key)}: task '{name}' lists classes twice: {dup}")
         check_head_keys(name, self, task.head, where)
 
+    def check_links(self, name: str, task, tasks: Mapping[str, Any], where: Callable[[str], str]) -> None:
+        """Checks against the config's other tasks (``tasks``: name -> task), after every task's
+        :meth:`validate`; may fill defaults that depend on them. Raise a one-line ConfigError."""
+
+    def links(self, task) -> list[str]:
+        """Names of the tasks this one cannot work without (after :meth:`check_links`): an
+        instance task's detection task. A benchmark's head combination keeps them together."""
+        return []
+
     # ------------------------------------------------------------------ model
     def head_kwargs(self, task) -> dict[str, Any]:
         """Keyword arguments for the head from the task config (``head`` plus type options)."""
@@ -94,8 +106,13 @@ class TaskType:
         """The head module on ``backbone`` (``out_channels``, ``strides``)."""
         raise NotImplementedError
 
-    def predict(self, head, raw: Mapping, sizes, origs, min_score: Optional[float] = None) -> list[dict]:
-        """Decode a batch's raw outputs (``min_score``: the predictor's confidence threshold)."""
+    def predict(self, head, raw: Mapping, sizes, origs, min_score: Optional[float] = None,
+                given: Optional[Sequence[Mapping]] = None) -> list[dict]:
+        """Decode a batch's raw outputs (``min_score``: the predictor's confidence threshold).
+
+        ``given``: for a head that decodes on another task's results (its ``after`` attribute
+        names that task; :func:`visionmtl.models.multitask.predict_order`), those results per image.
+        """
         return head.predict(raw, sizes, origs)
 
     def merge_flip(self, head, raw: Mapping, raw_m: Mapping, width: int, sizes, origs,

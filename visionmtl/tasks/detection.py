@@ -28,6 +28,7 @@ class DetectionTask(TaskType):
     target_keys = ("boxes", "box_labels")
     single = True
     trackable = True
+    gives_boxes = True
     coco_iou_type = "bbox"
     draw_layer = 1
 
@@ -52,7 +53,7 @@ class DetectionTask(TaskType):
             raise ValueError(f"task '{name}': detection levels {levels} have different channels {sorted(chans)}")
         return DetectionHead(name, chans.pop(), num_outputs, **kwargs)
 
-    def predict(self, head, raw, sizes, origs, min_score=None):
+    def predict(self, head, raw, sizes, origs, min_score=None, given=None):
         return head.predict(raw, sizes, origs, min_score=min_score)
 
     def merge_flip(self, head, raw, raw_m, width, sizes, origs, min_score=None):
