@@ -133,6 +133,8 @@ def report_problems(adapter: BaseAdapter, where: str) -> dict:
     if st.get("images_left_without_boxes"):
         parts.append(f"{st['images_left_without_boxes']} images have annotated objects but no box left "
                      "(their mask and labels still show them)")
+    if st.get("short_polygons"):
+        parts.append(f"skipped {st['short_polygons']} polygons with fewer than 3 points")
     if parts:
         log.warning("%s%s: %s", where, f" ({source})" if source else "", "; ".join(parts))
     return st
@@ -152,4 +154,10 @@ def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
                                cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped, d.limit))
     if not out:
         raise ConfigError(f"data.{split}: no datasets configured")
+    if split == "train":  # a head no training image labels would never learn: say so, do not train it blind
+        for name, t in cfg.tasks.items():
+            if not any(name in ds.tasks for ds in out):
+                have = "; ".join(f"data.train.{i} ({type(ds.adapter).__name__}) gives {list(ds.adapter.provides)}"
+                                 for i, ds in enumerate(out))
+                raise ConfigError(f"data.train: no training dataset labels task '{name}' (type {t.type}): {have}")
     return out
