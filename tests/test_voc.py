@@ -94,7 +94,7 @@ def coco_voc(tmp_path_factory):
             objects.append((name, (x + 1.0, y + 1.0, x + w, y + h), is_difficult(a)))  # 1-based inclusive
         write_xml(root / "Annotations" / f"{vid}.xml", (info["width"], info["height"]), objects, info["file_name"])
         img, tgt = coco.load(i)
-        inst = {}
+        inst, obj = {}, None
         if i < N_SEG:
             write_palette_png(root / "SegmentationClass" / f"{vid}.png", tgt["mask"])
             # instances painted largest first, as the COCO adapter paints its class mask
@@ -107,7 +107,7 @@ def coco_voc(tmp_path_factory):
             obj[tgt["mask"] == 255] = 255
             write_palette_png(root / "SegmentationObject" / f"{vid}.png", obj)
             inst = {j + 1: coco.cat_to_native[nc[j]["category_id"]] for j in range(len(nc)) if (obj == j + 1).any()}
-        expected.append({"image": img, "target": tgt, "anns": anns, "instances": inst})
+        expected.append({"image": img, "target": tgt, "anns": anns, "instances": inst, "objects": obj})
     write_list(root, "Main", "train", ids)
     write_list(root, "Segmentation", "train", ids[:N_SEG])
     return root, coco, expected
@@ -179,24 +179,79 @@ def test_voc_masks_equal_the_coco_adapter(coco_voc):
     assert np.array_equal(m, np.where((ref == 0) | (ref == 255), 255, ref.astype(np.int64) - 1).astype(np.uint8))
 
 
-def test_voc_instance_masks_from_segmentation_object(coco_voc):
+def _tight_box(m: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(m)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_voc_instances_from_segmentation_object(coco_voc):
+    """``instances``: one RLE per object index of the PNG, decoding to exactly its pixels (the
+    void border 255 in none), its tight box and the class under it."""
+    from pycocotools import mask as mask_utils
+
     root, coco, expected = coco_voc
-    voc = VocAdapter(root, "train", provides=("mask", "instance_masks"), classes=coco.classes)
-    n_inst = 0
+    voc = VocAdapter(root, "train", provides=("mask", "instances"), classes=coco.classes)
+    assert voc.image_set == "Segmentation" and "instances" in voc.provides
+    assert voc.stats()["images_with_objects"] == N_SEG
+    n_inst = with_void = 0
     for i in range(N_SEG):
         _, tgt = voc.load(i)
-        inst = expected[i]["instances"]
-        masks, labels = tgt["instance_masks"], tgt["instance_labels"]
-        assert masks.dtype == np.uint8 and masks.shape == (len(inst), *tgt["mask"].shape)
+        inst, obj = expected[i]["instances"], expected[i]["objects"]
+        rles, boxes, labels = tgt["instance_rles"], tgt["instance_boxes"], tgt["instance_labels"]
+        assert set(tgt) == {"mask", "instance_rles", "instance_boxes", "instance_labels"}
+        assert len(rles) == len(inst) and boxes.dtype == np.float32 and boxes.shape == (len(inst), 4)
         assert labels.dtype == np.int64 and labels.tolist() == [inst[k] for k in sorted(inst)]
+        masks = np.stack([mask_utils.decode(r) for r in rles]) if rles else np.zeros((0, *obj.shape), np.uint8)
+        for r, m, k, box in zip(rles, masks, sorted(inst), boxes):
+            assert r["size"] == list(obj.shape) and isinstance(r["counts"], bytes)
+            assert np.array_equal(m, (obj == k).astype(np.uint8))  # exactly the index's pixels
+            assert box.tolist() == _tight_box(m)
         assert masks.sum(0).max(initial=0) <= 1  # disjoint
+        void = obj == 255
+        with_void += bool(void.any())
+        assert not masks.any(0)[void].any()  # the void border is in no instance
         fg = (tgt["mask"] != 0) & (tgt["mask"] != 255)
         assert np.array_equal(masks.any(0), fg)  # together they are the class mask's objects
         for m, k in zip(masks, labels):
             assert np.all(tgt["mask"][m.astype(bool)] == k + 1)
         n_inst += len(labels)
     print(f"\nVOC instances from COCO128 (first {N_SEG} images): {n_inst}")
-    assert n_inst > 500
+    assert n_inst > 500 and with_void >= 1
+
+
+def test_voc_instances_tight_boxes_void_and_no_object_pngs(tmp_path):
+    """Exact boxes (last column + 1), 255 pixels in no instance, labels from the class PNG; a
+    tree without ``SegmentationObject`` does not provide ``instances``; ``instance_masks`` is gone."""
+    from pycocotools import mask as mask_utils
+
+    cls = np.zeros((10, 20), np.uint8)
+    obj = np.zeros((10, 20), np.uint8)
+    cls[2:5, 3:8], obj[2:5, 3:8] = 1, 1    # instance 1: a cat, rows 2-4, columns 3-7
+    cls[5:9, 10:12], obj[5:9, 10:12] = 2, 3  # instance 3: a dog, rows 5-8, columns 10-11
+    cls[6, 15], obj[6, 15] = 2, 2            # instance 2: one dog pixel
+    cls[1, 3:8] = obj[1, 3:8] = 255          # a void border above the cat, and right of the dog
+    cls[5:9, 12] = obj[5:9, 12] = 255
+    root = tiny_voc(tmp_path / "voc", [("cat", (4, 3, 8, 5), 0), ("dog", (11, 6, 12, 9), 0)], mask=cls)
+    plain = VocAdapter(root, provides=("boxes", "mask", "instances"), classes=["cat", "dog"])
+    assert plain.provides == ("boxes", "mask") and "images_with_objects" in plain.stats()
+    write_palette_png(root / "SegmentationObject" / "a.png", obj)
+    voc = VocAdapter(root, provides=("boxes", "mask", "instances"), classes=["cat", "dog"])
+    assert voc.provides == ("boxes", "mask", "instances") and voc.stats()["images_with_objects"] == 1
+    _, t = voc.load(0)
+    np.testing.assert_array_equal(t["instance_boxes"], [[3, 2, 8, 5], [15, 6, 16, 7], [10, 5, 12, 9]])
+    assert t["instance_labels"].tolist() == [0, 1, 1]
+    for r, k in zip(t["instance_rles"], (1, 2, 3)):
+        assert np.array_equal(mask_utils.decode(r), (obj == k).astype(np.uint8))
+    assert sum(int(mask_utils.area(r)) for r in t["instance_rles"]) == 15 + 1 + 8
+    # an instance task reads them through the data layer
+    ds = {"type": "voc", "root": str(root), "classes": ["cat", "dog"], "provides": ["boxes", "box_labels", "instances"]}
+    cfg = config_from_dict({"tasks": {"det": {"type": "detection", "classes": ["cat", "dog"]},
+                                      "inst": {"type": "instance"}},
+                            "data": {"img_size": 64, "workers": 0, "train": [ds], "val": [ds]}})
+    val = build_dataset(cfg, "val").parts[0].get(0)["target"]
+    assert len(val["eval_instance_rles"]) == 3 and val["instance_labels"].tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match=r"cannot provide \['instance_masks'\].*now 'instances'"):
+        VocAdapter(root, provides=("mask", "instance_masks"), classes=["cat", "dog"])
 
 
 def test_main_list_with_masks_labels_segmentation_where_a_png_exists(coco_voc):

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pycocotools import mask as mask_utils
 
-from tests.data_helpers import write_image
+from tests.data_helpers import coco_dict, write_image, write_json
 from tests.test_bad_input import _assert_one_line, _call
+from visionmtl.config import config_from_dict
 from visionmtl.data.coco import CocoAdapter
+from visionmtl.data.dataset import report_problems
 from visionmtl.data.errors import DataError
 from visionmtl.data.yolo import YoloAdapter, label_path
 from visionmtl.data.yolo_convert import coco_to_yolo
@@ -76,7 +79,7 @@ def test_coco128_yolo_polygon_masks_match_coco(coco128_yolo):
     coco, out, _, seg = coco128_yolo
     assert seg == {"images": 128, "lines": 929, "crowd": 10, "no_polygon": 0, "degenerate": 0}
     yolo = YoloAdapter(data=out / "seg" / "data.yaml")
-    assert yolo.provides == ("boxes", "box_labels", "labels", "mask")  # polygons found: masks too
+    assert yolo.provides == ("boxes", "box_labels", "labels", "mask", "instances")  # polygons: masks, instances
     assert yolo.mask_classes == coco.mask_classes == ["background"] + coco.classes
     ci, yi = _by_name(coco), _by_name(yolo)
     differ = compared = box_far = 0
@@ -102,6 +105,40 @@ def test_coco128_yolo_polygon_masks_match_coco(coco128_yolo):
     assert share < 0.01  # ... and they differ only along edges
     assert max(per_image) < 0.05
     assert box_far <= 929 * 0.01
+
+
+def test_coco128_yolo_polygon_instances_match_coco(coco128_yolo):
+    """One instance per polygon line, in line order: the COCO adapter's instances (the same
+    annotations, in the same order), rasterised alike. The YOLO copy's polygons are normalised to
+    8 decimals, clipped and multi-part ones bridged into one, so a vertex on a pycocotools
+    rounding edge may move a pixel row: most masks are equal, none differs by more than an edge."""
+    coco, out, _, _ = coco128_yolo
+    yolo = YoloAdapter(data=out / "seg" / "data.yaml")
+    ci, yi = _by_name(coco), _by_name(yolo)
+    n = equal = differ = pixels = 0
+    worst_iou = 1.0
+    for name, i in ci.items():
+        _, tc = coco.load(i)
+        _, ty = yolo.load(yi[name])
+        rles, boxes, labels = ty["instance_rles"], ty["instance_boxes"], ty["instance_labels"]
+        assert boxes.dtype == np.float32 and boxes.shape == (len(rles), 4) and labels.dtype == np.int64
+        assert labels.tolist() == tc["instance_labels"].tolist() == ty["box_labels"].tolist(), name
+        assert np.array_equal(boxes, ty["boxes"])  # an instance's box is the polygon's box in ``boxes``
+        if len(boxes):
+            assert np.abs(boxes - tc["instance_boxes"]).max() < 1.0, name
+        for ry, rc in zip(rles, tc["instance_rles"]):
+            assert ry["size"] == rc["size"] == list(ty["mask"].shape) and isinstance(ry["counts"], bytes)
+            my, mc = mask_utils.decode(ry), mask_utils.decode(rc)
+            d = int(np.count_nonzero(my != mc))
+            equal += d == 0
+            differ += d
+            pixels += int(mc.sum())
+            worst_iou = min(worst_iou, float(mask_utils.iou([ry], [rc], [0])[0, 0]))
+            n += 1
+    print(f"\nCOCO128 as YOLO instances: {n}, {equal} equal to COCO's; {differ} pixels differ of {pixels} "
+          f"({differ / pixels:.3%}); worst IoU {worst_iou:.3f}")
+    assert n == 929
+    assert equal > 0.6 * n and differ < 0.01 * pixels and worst_iou > 0.9
 
 
 # ====================================================================== synthetic YOLO trees
@@ -137,7 +174,7 @@ def test_boxes_denormalise_exactly_and_polygons_paint_like_coco(tmp_path):
     big = "0 0 0 0.75 0 0.75 0.9375 0 0.9375"  # 30 x 30 at the origin of a 40 x 32 image
     small = "1 0.25 0.3125 0.45 0.3125 0.45 0.5625 0.25 0.5625"  # x 10..18, y 10..18
     b = YoloAdapter(data=_tree(tmp_path / "poly", {"a": f"{small}\n{big}\n"}, size=(40, 32)))
-    assert b.provides[-1] == "mask" and b.mask_classes == ["background", "cat", "dog"]
+    assert b.provides[-2:] == ("mask", "instances") and b.mask_classes == ["background", "cat", "dog"]
     _, t = b.load(0)
     m = t["mask"]
     assert m[14, 14] == 2 and m[4, 4] == 1 and m[25, 25] == 1 and m[5, 35] == 0
@@ -164,13 +201,133 @@ def test_box_files_with_a_mask_requested_make_their_boxes_ignore(tmp_path):
     assert np.all(t["mask"][12:18, 10:30] == 255) and t["mask"][0, 0] == 0 and (t["mask"] == 255).sum() == 120
 
 
+# polygons in pixels on a 64 x 48 image; vertices on quarter pixels, so that normalising and
+# scaling back leaves them exactly where they were
+W, H = 64, 48
+TRIANGLE = [4.25, 3.5, 40.75, 6.0, 22.0, 30.25]
+PENTAGON = [30.0, 20.0, 60.5, 22.25, 58.0, 44.75, 41.25, 40.0, 33.5, 31.0]  # overlaps the triangle
+CONCAVE = [10.0, 30.0, 26.0, 30.0, 26.0, 46.0, 18.0, 36.5, 10.0, 46.0]
+
+
+def _poly_line(k: int, poly, w: int = W, h: int = H) -> str:
+    xy = np.asarray(poly, np.float64).reshape(-1, 2) / (w, h)
+    return f"{k} " + " ".join(repr(float(v)) for v in xy.ravel()) + "\n"
+
+
+def _bounds(poly) -> list[float]:
+    xy = np.asarray(poly, np.float64).reshape(-1, 2)
+    return [*xy.min(0), *xy.max(0)]
+
+
+def test_polygon_lines_are_instances_rasterised_as_coco(tmp_path):
+    """Each polygon line is one instance: an RLE that decodes to pycocotools' rasterisation of
+    the polygon (the COCO adapter's instance of the same polygon), its box and its class."""
+    polys = [(0, TRIANGLE), (1, PENTAGON), (0, CONCAVE)]
+    a = YoloAdapter(data=_tree(tmp_path, {"a": "".join(_poly_line(k, p) for k, p in polys)}, size=(W, H)))
+    assert a.provides == ("boxes", "box_labels", "labels", "mask", "instances")
+    _, t = a.load(0)
+    ann = write_json(tmp_path / "ann.json", coco_dict(
+        [(1, "a.png", W, H)],
+        [{"image_id": 1, "category_id": k + 1, "segmentation": [p],
+          "bbox": [_bounds(p)[0], _bounds(p)[1], _bounds(p)[2] - _bounds(p)[0], _bounds(p)[3] - _bounds(p)[1]]}
+         for k, p in polys],
+        [(1, "cat"), (2, "dog")]))
+    _, tc = CocoAdapter(ann, tmp_path / "images" / "train").load(0)
+    assert len(t["instance_rles"]) == len(tc["instance_rles"]) == 3
+    for ry, rc, (_, p) in zip(t["instance_rles"], tc["instance_rles"], polys):
+        assert ry["size"] == [H, W] and isinstance(ry["counts"], bytes)  # compact: no H x W array per object
+        m = mask_utils.decode(ry)
+        assert m.shape == (H, W) and m.sum() > 50
+        assert np.array_equal(m, mask_utils.decode(rc))
+        assert np.array_equal(m, mask_utils.decode(mask_utils.frPyObjects([p], H, W)[0]))
+    assert t["instance_boxes"].dtype == np.float32 and t["instance_labels"].dtype == np.int64
+    np.testing.assert_allclose(t["instance_boxes"], [_bounds(p) for _, p in polys], atol=1e-4)
+    np.testing.assert_allclose(t["instance_boxes"], tc["instance_boxes"], atol=1e-4)
+    assert np.array_equal(t["instance_boxes"], t["boxes"])
+    assert t["instance_labels"].tolist() == t["box_labels"].tolist() == [0, 1, 0]
+    assert np.array_equal(t["mask"], tc["mask"])  # and they paint COCO's semantic mask
+    # only what is asked for is made
+    _, t2 = YoloAdapter(data=tmp_path / "data.yaml", provides=["instances"]).load(0)
+    assert set(t2) == {"instance_rles", "instance_boxes", "instance_labels"}
+
+
+def test_mixed_files_only_polygon_lines_are_instances(tmp_path):
+    """A file may mix box and polygon lines: every line gives a box, only polygon lines give
+    instances, and in the mask the box lines' boxes are ignore. A polygon whose box is dropped
+    (min_box_size) is no instance either."""
+    box = "1 0.8125 0.8125 0.125 0.125\n"  # x 48..56, y 36..42 in pixels
+    narrow = _poly_line(1, [2.0, 40.0, 2.5, 40.0, 2.5, 47.0, 2.0, 47.0])  # 0.5 px wide: dropped
+    a = YoloAdapter(data=_tree(tmp_path, {"a": _poly_line(0, TRIANGLE) + box + narrow, "b": box}, size=(W, H)))
+    assert a.provides == ("boxes", "box_labels", "labels", "mask", "instances")
+    st = a.stats()
+    assert (st["objects"], st["polygons"], st["short_polygons"], st["bad_label_files"]) == (4, 2, 0, 0)
+    _, t = a.load(0)
+    np.testing.assert_allclose(t["boxes"], [_bounds(TRIANGLE), [48, 36, 56, 42]], atol=1e-4)
+    assert t["box_labels"].tolist() == [0, 1] and t["labels"].tolist() == [0, 1]
+    assert len(t["instance_rles"]) == 1 and t["instance_labels"].tolist() == [0]
+    np.testing.assert_allclose(t["instance_boxes"], [_bounds(TRIANGLE)], atol=1e-4)
+    tri = mask_utils.decode(t["instance_rles"][0]).astype(bool)
+    assert np.array_equal(tri, mask_utils.decode(mask_utils.frPyObjects([TRIANGLE], H, W)[0]).astype(bool))
+    assert np.all(t["mask"][tri] == 1) and np.all(t["mask"][36:42, 48:56] == 255)
+    # a box-only image of a dataset with instances: no objects with masks
+    _, tb = a.load(1)
+    assert tb["instance_rles"] == [] and tb["instance_boxes"].shape == (0, 4) and tb["instance_labels"].shape == (0,)
+    assert tb["instance_boxes"].dtype == np.float32 and tb["instance_labels"].dtype == np.int64
+    assert len(tb["boxes"]) == 1 and np.all(tb["mask"][36:42, 48:56] == 255)
+    # through the data layer an instance task reads them (the dataset labels it by default)
+    from visionmtl.data.loader import build_dataset
+
+    ds = {"type": "yolo", "data": str(tmp_path / "data.yaml")}
+    cfg = config_from_dict({"tasks": {"det": {"type": "detection", "classes": ["cat", "dog"]},
+                                      "inst": {"type": "instance"}},
+                            "data": {"img_size": 64, "workers": 0, "train": [ds], "val": [ds]}})
+    val = build_dataset(cfg, "val").parts[0].get(0)["target"]
+    assert len(val["eval_instance_rles"]) == 1 and val["instance_labels"].tolist() == [0]
+    train = build_dataset(cfg, "train").parts[0].get(0, seed=0)["target"]
+    assert train["instance_masks"].shape[1:] == (28, 28) and len(train["boxes"]) >= len(train["instance_masks"])
+
+
+def test_short_polygons_are_counted_and_skipped(tmp_path, caplog):
+    """A polygon of fewer than 3 points (``k x y``, or a class alone) is no object: skipped
+    (no box, class, mask or instance) and counted, and the dataset report says so."""
+    text = _poly_line(0, TRIANGLE) + "1 0.5 0.5\n" + "1\n" + "0 0.25 0.5 0.125 0.25\n"
+    a = YoloAdapter(data=_tree(tmp_path, {"a": text}, size=(W, H)))
+    st = a.stats()
+    assert (st["short_polygons"], st["objects"], st["polygons"], st["bad_label_files"]) == (2, 2, 1, 0)
+    _, t = a.load(0)  # the image itself is fine
+    assert t["box_labels"].tolist() == [0, 0] and t["labels"].tolist() == [0]  # class 1 was only in them
+    assert len(t["instance_rles"]) == 1 and t["instance_labels"].tolist() == [0]
+    assert not np.any(t["mask"] == 2)
+    with caplog.at_level(logging.WARNING):
+        report_problems(a, "data.train[0]")
+    assert "skipped 2 polygons with fewer than 3 points" in caplog.text
+
+
+def test_a_box_only_dataset_gives_no_instances(tmp_path):
+    """Without any polygon line there are no instance masks: ``instances`` is left out of
+    ``provides`` (even when asked for), and an instance task on the dataset is a config error."""
+    yml = _tree(tmp_path, {"a": "1 0.5 0.5 0.5 0.2\n", "b": ""})
+    assert "instances" not in YoloAdapter(data=yml).provides
+    a = YoloAdapter(data=yml, provides=["boxes", "box_labels", "instances"])
+    assert a.provides == ("boxes", "box_labels") and "instance_rles" not in a.load(0)[1]
+    from visionmtl.data.loader import build_dataset
+
+    ds = {"type": "yolo", "data": str(yml), "tasks": ["det", "inst"]}
+    cfg = config_from_dict({"tasks": {"det": {"type": "detection", "classes": ["cat", "dog"]},
+                                      "inst": {"type": "instance"}},
+                            "data": {"img_size": 64, "workers": 0, "train": [ds], "val": [ds]}})
+    with pytest.raises(ConfigError, match="has no instance masks .* to label instance task 'inst'"):
+        build_dataset(cfg, "train")
+
+
 def test_empty_and_missing_label_files_are_background_and_missing_ones_reported(tmp_path, caplog):
     yml = _tree(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "", "c": None, "d": None})
     with caplog.at_level(logging.WARNING):
         a = YoloAdapter(data=yml, provides=["boxes", "box_labels", "mask", "labels"])
     st = a.stats()
     assert st == {"images": 4, "label_files": 2, "missing_label_files": 2, "empty_label_files": 1,
-                  "bad_label_files": 0, "objects": 1, "polygons": 0, "clipped_boxes": 0, "empty_images": 3}
+                  "bad_label_files": 0, "objects": 1, "polygons": 0, "short_polygons": 0, "clipped_boxes": 0,
+                  "empty_images": 3}
     warnings = [r.getMessage() for r in caplog.records if "no label file" in r.getMessage()]
     assert len(warnings) == 1 and "2 of 4 images" in warnings[0] and "c.txt" in warnings[0]
     for i in (1, 2, 3):
@@ -220,8 +377,9 @@ LINE_CASES = [
     ("0 0.5 0.5 -0.2 0.2\n", ["line 1", "coordinate -0.2 outside [0, 1]"]),
     ("\n2 0.5 0.5 0.2 0.2\n", ["line 2", "class id 2 is not in names", "0-1"]),
     ("0.5 0.5 0.5 0.2 0.2\n", ["line 1", "class id '0.5' is not an integer"]),
-    ("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.2 0.2 0.3 0.3\n", ["line 2", "polygon of 2 points", "at least 3"]),
-    ("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.2 0.2\n", ["line 2", "polygon of 1 point;"]),
+    ("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.2 0.2 0.3 0.3 0.4\n", ["line 2", "6 fields", "at least 3"]),
+    ("0 0.1 0.1 0.5 0.1 0.5 0.5 0.2\n", ["line 1", "8 fields"]),
+    ("0 0.5 1.5\n", ["line 1", "coordinate 1.5 outside"]),  # a short polygon is checked before it is skipped
     ("0 0.5 abc 0.2 0.2\n", ["line 1", "'abc' is not a number"]),
 ]
 

@@ -17,7 +17,7 @@ from .base import MISSING_VALUES, BaseAdapter, inside, name_list, read_image, va
 from .errors import DataError
 from .paint import paint_largest_first, polygons_to_rle
 
-_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "values")
+_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "values", "instances")
 _REQUIRED_TOP = ("images", "annotations", "categories")
 _REQUIRED_IMAGE = ("id", "file_name", "width", "height")
 _REQUIRED_ANN = ("image_id", "category_id", "bbox")
@@ -31,8 +31,9 @@ class CocoAdapter(BaseAdapter):
         ann_file: path to the instances JSON (``images``, ``annotations``, ``categories``).
         img_dir: folder the images' ``file_name`` entries are relative to.
         provides: target keys to produce, any of ``boxes``, ``box_labels``, ``mask``, ``labels``
-            (and ``values``, which is added anyway when ``value_fields`` is given). Masks are
-            only rasterised when ``mask`` is requested.
+            (and ``values``, which is added anyway when ``value_fields`` is given), ``instances``
+            (one RLE per object, below; dropped when no annotation has a usable segmentation).
+            Masks are only rasterised when ``mask`` is requested.
         min_box_size: boxes whose width or height (after clipping to the image) is below this
             many pixels are dropped and counted in ``stats()["degenerate_boxes"]``.
         background: name of the background class of the *mask* id space, or ``None``.
@@ -78,6 +79,13 @@ class CocoAdapter(BaseAdapter):
 
     ``values`` (with ``value_fields``) is ``{name: float}`` from the image's record, without
     the names it lacks (``missing_values="unlabelled"``).
+
+    ``instances`` gives, per non-crowd annotation with a usable segmentation and a kept box,
+    ``instance_rles`` (pycocotools RLE dicts, original pixels), ``instance_boxes`` float32
+    ``[N,4]`` (the annotation's clipped box), ``instance_labels`` int64 ``[N]`` and
+    ``instance_areas`` float64 ``[N]``; crowd regions come as ``instance_crowd_rles`` and
+    ``instance_crowd_labels``. A polygon of fewer than 3 points is skipped and counted
+    (``stats()["short_polygons"]``); an RLE whose size is not the image's is a ``DataError``.
     """
 
     labels_follow = "box_labels"
@@ -86,7 +94,7 @@ class CocoAdapter(BaseAdapter):
         self,
         ann_file: str | os.PathLike,
         img_dir: str | os.PathLike,
-        provides: Sequence[str] = ("boxes", "box_labels", "mask", "labels"),
+        provides: Sequence[str] = ("boxes", "box_labels", "mask", "labels", "instances"),
         min_box_size: float = 1.0,
         background: str | None = "background",
         value_fields: Sequence[str] = (),
@@ -268,14 +276,16 @@ class CocoAdapter(BaseAdapter):
         self._labels: list[np.ndarray] = []
         self._instances: list[list[int]] = []  # non-crowd ann ids of each image
         self._crowds: list[list[int]] = []  # crowd ann ids of each image
-        degenerate = clipped = crowd = no_segm = empty = boxless = 0
+        self._inst: list[list[tuple[int, tuple, float]]] = []  # (ann id, kept box, area) with a segmentation
+        degenerate = clipped = crowd = no_segm = empty = boxless = short = 0
         for im in self._images:
             h, w = float(im["height"]), float(im["width"])
             anns = self.coco.imgToAnns.get(im["id"], [])
             if not anns:
                 empty += 1
-            boxes, box_labels, areas, inst, crowds = [], [], [], [], []
+            boxes, box_labels, areas, inst, crowds, segs = [], [], [], [], [], []
             for a in anns:
+                short += _short_polygons(a)
                 if a.get("iscrowd", 0):
                     crowd += 1
                     crowds.append(a["id"])
@@ -295,6 +305,8 @@ class CocoAdapter(BaseAdapter):
                     boxes.append((x1, y1, x2, y2))
                     box_labels.append(k)
                     areas.append(_area(a, x1, y1, x2, y2))
+                    if _has_segmentation(a):
+                        segs.append((a["id"], (x1, y1, x2, y2), areas[-1]))
             boxless += bool(inst) and not boxes  # objects annotated, none left as a box
             self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
             self._box_labels.append(np.asarray(box_labels, dtype=np.int64))
@@ -303,6 +315,7 @@ class CocoAdapter(BaseAdapter):
             self._labels.append(np.asarray(sorted(cats), dtype=np.int64))
             self._instances.append(inst)
             self._crowds.append(crowds)
+            self._inst.append(segs)
         self._stats = {
             "images": n_img,
             "annotations": len(d["annotations"]),
@@ -313,7 +326,10 @@ class CocoAdapter(BaseAdapter):
             "crowd_regions": crowd,
             "empty_images": empty,
             "anns_without_segmentation": no_segm,
+            "short_polygons": short,
         }
+        if "instances" in self.provides and not any(self._inst):
+            self.provides = tuple(k for k in self.provides if k != "instances")
 
     # ------------------------------------------------------------------ adapter interface
     def __len__(self) -> int:
@@ -358,7 +374,30 @@ class CocoAdapter(BaseAdapter):
             target["labels"] = self._labels[i].copy()
         if "values" in self.provides:
             target["values"] = dict(self._values[i])
+        if "instances" in self.provides:
+            target.update(self._instances_of(i, h, w))
         return img, target
+
+    def _instances_of(self, i: int, h: int, w: int) -> dict:
+        """The image's objects as RLEs with their boxes, labels and areas; crowd regions apart."""
+        rles, boxes, labels, areas = [], [], [], []
+        for aid, box, area in self._inst[i]:
+            a = self.coco.anns[aid]
+            rle = self._to_rle(a, h, w)
+            if rle is None:
+                continue
+            rles.append(rle)
+            boxes.append(box)
+            labels.append(self.cat_to_native[a["category_id"]])
+            areas.append(area)
+        out = {"instance_rles": rles, "instance_boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+               "instance_labels": np.asarray(labels, np.int64), "instance_areas": np.asarray(areas, np.float64)}
+        crowd = [(self._to_rle(self.coco.anns[aid], h, w), self.coco.anns[aid]) for aid in self._crowds[i]]
+        crowd = [(r, a) for r, a in crowd if r is not None]
+        if crowd:
+            out["instance_crowd_rles"] = [r for r, _ in crowd]
+            out["instance_crowd_labels"] = np.asarray([self.cat_to_native[a["category_id"]] for _, a in crowd], np.int64)
+        return out
 
     def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         boxes, labels, areas = [], [], []
@@ -447,6 +486,14 @@ def _area(a: dict, x1: float, y1: float, x2: float, y2: float) -> float:
     """The annotation's ``area`` field (COCOeval's size ranges), else the area of its kept box."""
     area = a.get("area")
     return float(area) if area is not None else (x2 - x1) * (y2 - y1)
+
+
+def _short_polygons(a: dict) -> int:
+    """How many of the annotation's polygons have fewer than 3 points (or an odd coordinate count)."""
+    segm = a.get("segmentation")
+    if not isinstance(segm, list):
+        return 0
+    return sum(1 for p in segm if not (isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0))
 
 
 def _has_segmentation(a: dict) -> bool:

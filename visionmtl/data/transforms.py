@@ -20,6 +20,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
+from torchvision.ops import roi_align
 
 from ..config import AugmentConfig
 
@@ -74,9 +76,15 @@ class Transform:
     not), ``values[name]`` becomes the float number of surviving centres (a new ``values`` dict;
     the name is set even if the input ``values`` lacked it, so pass points only for values the
     image has) and ``points[name]`` their float32 ``[M,2]`` positions in the output image, the
-    density supervision of a counting head. Other ``values`` pass through unchanged. The helper
-    keys (``label_boxes``, ``label_box_ids``, ``label_mask``, ``count_points``) never appear in
-    the output.
+    density supervision of a counting head. Other ``values`` pass through unchanged.
+
+    Instances (``instance_rles`` with ``instance_boxes``/``instance_labels``, added for training
+    by the instance spec's mapper) are decoded here and only here, travel as albumentations
+    ``masks`` with their boxes in the one box set, and come back as ``instance_boxes``,
+    ``instance_labels`` and ``instance_masks`` uint8 ``[K, M, M]`` (each mask resampled into its
+    box, ``M`` = ``instance_crop``); an instance whose box leaves the view is dropped. The helper
+    keys (``label_boxes``, ``label_box_ids``, ``label_mask``, ``count_points``, ``instance_rles``,
+    ``instance_crop``) never appear in the output.
     """
 
     def __init__(self, compose: A.Compose, keep_orig_mask: bool = False, train: bool = False):
@@ -97,6 +105,9 @@ class Transform:
         if "label_boxes" in target:
             parts.append(np.asarray(target["label_boxes"], np.float32).reshape(-1, 4))
         n_label = sum(len(p) for p in parts)  # rows [n, n_label) are the label boxes
+        has_inst = "instance_rles" in target
+        if has_inst:  # rows [n_label, n_label + K) are the instances' boxes
+            parts.append(np.asarray(target["instance_boxes"], np.float32).reshape(-1, 4))
         boxes = np.concatenate(parts) if len(parts) > 1 else boxes
         point_rows: dict[str, tuple[int, int]] = {}  # value name -> its keypoint rows [start, stop)
         points, start = [np.zeros((0, 2), np.float32)], 0
@@ -109,10 +120,16 @@ class Transform:
               "keypoints": points, "point_ids": np.arange(len(points), dtype=np.int64)}
         if "mask" in target:
             kw["mask"] = target["mask"]
-        if "label_mask" in target:
-            kw["masks"] = [target["label_mask"]]
+        masks = [target["label_mask"]] if "label_mask" in target else []
+        first_inst = len(masks)  # instance j's mask is masks[first_inst + j]
+        if has_inst and len(target["instance_rles"]):
+            decoded = mask_utils.decode(list(target["instance_rles"]))  # [H, W, K], only here
+            masks += [decoded[:, :, j] for j in range(decoded.shape[2])]
+        if masks:
+            kw["masks"] = masks
         out = self.compose(**kw)
-        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask", "count_points")
+        helpers = ("boxes", "box_labels", "mask", "label_boxes", "label_box_ids", "label_mask", "count_points") + \
+            (("instance_rles", "instance_boxes", "instance_labels", "instance_crop") if has_inst else ())
         new = {k: v for k, v in target.items() if k not in helpers}
         img = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         idx = np.asarray(out["box_labels"]).astype(np.int64).reshape(-1)
@@ -131,6 +148,14 @@ class Transform:
                 kept = (pid >= start) & (pid < stop)
                 new["values"][name] = float(np.count_nonzero(kept))
                 new["points"][name] = torch.from_numpy(np.ascontiguousarray(xy[kept]))
+        if has_inst:
+            sel = (idx >= n_label) & (idx < n_label + len(target["instance_rles"]))
+            kept = idx[sel] - n_label
+            inst_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)[sel]
+            new["instance_boxes"] = torch.as_tensor(inst_boxes)
+            new["instance_labels"] = torch.as_tensor(np.asarray(target["instance_labels"], np.int64).reshape(-1)[kept])
+            new["instance_masks"] = _box_masks([out["masks"][first_inst + j] for j in kept], inst_boxes,
+                                               int(target.get("instance_crop", 28)))
         if "label_mask" in target:
             vals = np.unique(np.asarray(out["masks"][0]))
             new["labels"] = vals[vals != 255].astype(np.int64)
@@ -141,3 +166,17 @@ class Transform:
         if "labels" in new:
             new["labels"] = torch.as_tensor(np.asarray(new["labels"], np.int64).reshape(-1))
         return img, new
+
+
+def _box_masks(masks: list, boxes: np.ndarray, size: int) -> torch.Tensor:
+    """Each instance's (transformed) mask resampled into its box: uint8 ``[K, size, size]``.
+
+    RoIAlign of the full mask on the box (``aligned=True``: pixel centres at +0.5, the convention
+    the head's ``paste_masks`` inverts), thresholded at 0.5, as Mask R-CNN builds its targets;
+    padding a crop added (255) is background.
+    """
+    if not masks:
+        return torch.zeros((0, size, size), dtype=torch.uint8)
+    full = torch.from_numpy(np.stack([np.asarray(m) == 1 for m in masks])).float()[:, None]
+    rois = torch.cat([torch.arange(len(masks), dtype=torch.float32)[:, None], torch.from_numpy(boxes)], 1)
+    return (roi_align(full, rois, size, 1.0, sampling_ratio=2, aligned=True)[:, 0] >= 0.5).to(torch.uint8)

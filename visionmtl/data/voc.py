@@ -24,7 +24,8 @@ VOC_CLASSES = (
 )  # fmt: skip
 IMAGE_SETS = ("auto", "Main", "Segmentation")
 IGNORE = 255
-_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "instance_masks")
+_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "instances")
+_MASK_KEYS = ("mask", "instances")  # the keys read from the PNGs
 _XML_KEYS = ("boxes", "box_labels", "labels")  # the keys read from Annotations/*.xml
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -75,9 +76,10 @@ class VocAdapter(BaseAdapter):
         split: the image list, ``ImageSets/<image_set>/<split>.txt`` (one id per line; a class
             list's trailing ``1``/``-1`` column is ignored).
         provides: target keys, any of ``boxes``, ``box_labels``, ``labels`` (from the XML files),
-            ``mask`` (``SegmentationClass``) and ``instance_masks`` (``SegmentationObject``).
+            ``mask`` (``SegmentationClass``) and ``instances`` (``SegmentationObject``; dropped
+            when no listed image has an object PNG).
         image_set: ``"Main"``, ``"Segmentation"`` or ``"auto"`` (default): ``Segmentation`` when
-            ``mask`` or ``instance_masks`` is asked for, else ``Main``. With ``Segmentation`` every
+            ``mask`` or ``instances`` is asked for, else ``Main``. With ``Segmentation`` every
             listed image must have its class PNG; with ``Main`` an image without one has no
             ``mask`` (unlabelled for segmentation; ``stats()["images_with_mask"]`` counts the rest).
         classes: the object names, in native id order; default the 20 VOC classes. An object
@@ -109,10 +111,13 @@ class VocAdapter(BaseAdapter):
     Masks: ``SegmentationClass`` PNGs are palette images whose indices are the classes
     (0 = background, ``k + 1`` = ``classes[k]``, 255 = the void border, kept as ignore). An index
     above the class count that is not 255 is a ``DataError`` naming the PNG and the index.
-    ``instance_masks`` (opt-in; no task consumes it yet) is uint8 ``[N, H, W]``, one 0/1 mask per
-    instance index 1..N present in the ``SegmentationObject`` PNG, in index order, with
-    ``instance_labels`` int64 ``[N]``: each instance's native class, read from the class PNG
-    under it. Images without an object PNG (or without its class PNG) have neither key.
+    ``instances`` (opt-in; for ``type: instance`` tasks) gives one object per instance index
+    1..254 present in the ``SegmentationObject`` PNG, in index order: ``instance_rles``
+    (pycocotools RLE dicts of the index's pixels; the void border, 255, belongs to no instance),
+    ``instance_boxes`` float32 ``[N,4]`` (the tight box of its pixels: ``x1`` = the first column,
+    ``x2`` = the last column + 1, rows alike) and ``instance_labels`` int64 ``[N]`` (its native
+    class, the class PNG's most frequent class under it). Images without an object PNG (or
+    without its class PNG) have none of these keys.
 
     A per-image problem found while reading the XML files (not well-formed, no ``size``, an
     unknown class, a bad ``bndbox``) or a missing file does not stop the constructor: it is
@@ -138,11 +143,12 @@ class VocAdapter(BaseAdapter):
         self.split = str(split)
         unknown = [k for k in provides if k not in _KNOWN_KEYS]
         if unknown:
-            raise ConfigError(f"VocAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}")
+            hint = " ('instance_masks' is now 'instances')" if "instance_masks" in unknown else ""
+            raise ConfigError(f"VocAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}{hint}")
         self.provides = tuple(provides)
         if image_set not in IMAGE_SETS:
             raise ConfigError(f"image_set must be one of {list(IMAGE_SETS)}, got {image_set!r}")
-        wants_masks = bool({"mask", "instance_masks"} & set(self.provides))
+        wants_masks = bool(set(_MASK_KEYS) & set(self.provides))
         self.image_set = ("Segmentation" if wants_masks else "Main") if image_set == "auto" else image_set
         try:
             self.classes: list[str] = name_list(classes, "classes") if classes is not None else list(VOC_CLASSES)
@@ -253,8 +259,12 @@ class VocAdapter(BaseAdapter):
             self._labels.append(np.asarray(sorted(present), np.int64))
         self._stats = {"images": len(self._ids), **st, "boxes": int(sum(len(b) for b in self._boxes)),
                        "bad_annotations": len(self._errors)}
-        if {"mask", "instance_masks"} & set(self.provides):
+        if set(_MASK_KEYS) & set(self.provides):
             self._stats["images_with_mask"] = int(sum(self._has_mask))
+        if "instances" in self.provides:
+            self._stats["images_with_objects"] = int(sum(self._has_objects))
+            if not any(self._has_objects):  # no per-object masks at all: an instance task here is a config error
+                self.provides = tuple(k for k in self.provides if k != "instances")
         if self._errors:
             first = self._errors[min(self._errors)]
             log.warning("%s: %d of %d images cannot be used (first: %s); each fails when it is loaded "
@@ -319,7 +329,8 @@ class VocAdapter(BaseAdapter):
 
     def stats(self) -> dict:
         """Counts: images, objects, boxes, difficult, degenerate / clipped boxes, images left
-        without boxes, empty images, bad annotations (and images with a mask, with masks)."""
+        without boxes, empty images, bad annotations (and, with masks, images with a class PNG;
+        with instances, images with an object PNG)."""
         return dict(self._stats)
 
     def load(self, i: int) -> tuple[np.ndarray, dict]:
@@ -341,12 +352,12 @@ class VocAdapter(BaseAdapter):
             target["box_labels"] = self._box_labels[i].copy()
         if "labels" in self.provides:
             target["labels"] = self._labels[i].copy()
-        if {"mask", "instance_masks"} & set(self.provides) and self._has_mask[i]:
+        if set(_MASK_KEYS) & set(self.provides) and self._has_mask[i]:
             raw = self._class_indices(i, img.shape[:2])
             if "mask" in self.provides:
                 target["mask"] = self._lut[raw]
-            if "instance_masks" in self.provides and self._has_objects[i]:
-                target["instance_masks"], target["instance_labels"] = self._instances(i, raw)
+            if "instances" in self.provides and self._has_objects[i]:
+                target.update(self._instances(i, raw))
         return img, target
 
     # ------------------------------------------------------------------ masks
@@ -365,23 +376,29 @@ class VocAdapter(BaseAdapter):
                                   f"classes (0 = background, 1..{len(self.classes)} = classes, 255 = ignore)")
         return raw
 
-    def _instances(self, i: int, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``SegmentationObject`` as uint8 [N, H, W] 0/1 masks and int64 [N] native classes."""
+    def _instances(self, i: int, classes: np.ndarray) -> dict:
+        """``SegmentationObject`` as ``instance_rles`` (one RLE per index 1..254 present, in index
+        order), ``instance_boxes`` float32 [N, 4] (tight xyxy) and ``instance_labels`` int64 [N]."""
+        from pycocotools import mask as mask_utils
+
         path = self.object_path(i)
         obj = read_index_png(path)
         if obj.shape != classes.shape:
             raise DataError(path, f"mask size {obj.shape[0]}x{obj.shape[1]} differs from the class mask's "
                                   f"{classes.shape[0]}x{classes.shape[1]} ({self.mask_path(i)})")
-        ids = np.flatnonzero(np.bincount(obj.ravel(), minlength=256)[1:IGNORE]) + 1
-        masks = (obj[None] == ids[:, None, None]).astype(np.uint8)  # (N, H, W)
-        labels = np.zeros(len(ids), np.int64)
+        ids = np.flatnonzero(np.bincount(obj.ravel(), minlength=256)[1:IGNORE]) + 1  # 255 (void) is no instance
+        rles, boxes, labels = [], np.zeros((len(ids), 4), np.float32), np.zeros(len(ids), np.int64)
         n = len(self.classes)
-        for j, m in enumerate(masks):
-            hist = np.bincount(classes[m.astype(bool)], minlength=256)[1: n + 1]
+        for j, k in enumerate(ids):
+            m = obj == k  # one H x W mask at a time; only its RLE is kept
+            hist = np.bincount(classes[m], minlength=256)[1: n + 1]
             if not hist.any():
-                raise DataError(path, f"instance {int(ids[j])} covers no object class in {self.mask_path(i)}")
+                raise DataError(path, f"instance {int(k)} covers no object class in {self.mask_path(i)}")
             labels[j] = int(np.argmax(hist))
-        return masks, labels
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            boxes[j] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+            rles.append(mask_utils.encode(np.asfortranarray(m.astype(np.uint8))))
+        return {"instance_rles": rles, "instance_boxes": boxes, "instance_labels": labels}
 
 
 def _number(path: str, parent: ET.Element, key: str, where: str) -> float:

@@ -1,4 +1,5 @@
-"""YOLO (Ultralytics) layout: ``images/`` + ``labels/*.txt`` and a data YAML; boxes, polygons, labels."""
+"""YOLO (Ultralytics) layout: ``images/`` + ``labels/*.txt`` and a data YAML; boxes, polygons (masks and
+instances), labels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ __all__ = ["YoloAdapter", "label_path"]
 log = logging.getLogger(__name__)
 
 IMG_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels")
+_KNOWN_KEYS = ("boxes", "box_labels", "mask", "labels", "instances")
 _NOT_SPLITS = ("path", "names", "nc", "download")
 _SPLIT_HELP = "a folder of images, a .txt list of image paths, or a list of either"
 _EPS = 1e-6  # normalised slack before a box corner past the image counts as clipped
@@ -48,31 +49,46 @@ class YoloAdapter(BaseAdapter):
         images: instead of ``data``: a folder, ``.txt`` list or list of either (relative to the
             working directory); needs ``names``.
         names: the class names when ``images`` is given (index = class id).
-        provides: target keys, any of ``boxes``, ``box_labels``, ``mask``, ``labels``. By default
-            boxes, box labels and labels, plus ``mask`` when any label file holds polygons.
+        provides: target keys, any of ``boxes``, ``box_labels``, ``mask``, ``labels``,
+            ``instances``. By default boxes, box labels and labels, plus ``mask`` and ``instances``
+            when any label file holds a polygon; ``instances`` is dropped (also when asked for)
+            when none does, so that a box-only dataset labels no instance task (and one named
+            in its ``tasks`` is a config error).
         min_box_size: boxes whose width or height in pixels is below this are dropped at load
-            (image sizes are only known then; the class still counts in ``labels``).
+            (image sizes are only known then; the class still counts in ``labels``), and with
+            them their instances.
         background: name of the background class of the *mask* id space, or ``None`` (as in
             :class:`~visionmtl.data.coco.CocoAdapter`).
         allow_outside_root: read image paths in a ``.txt`` list that leave the list's folder.
 
     The label file of ``.../images/.../x.jpg`` is ``.../labels/.../x.txt`` (:func:`label_path`).
-    A line is either ``class cx cy w h`` (a box) or ``class x1 y1 x2 y2 ...`` (a polygon of at
-    least 3 points), every coordinate normalised to ``[0, 1]`` by the image size. As in
-    Ultralytics, a file with any line longer than 5 fields holds polygons, and then every line
-    is one. A polygon's box is its bounds; its mask is rasterised by pycocotools and painted
-    exactly as the COCO adapter paints (largest first, so smaller instances end on top; with a
-    background class unlabelled pixels are 0, else 255). When ``mask`` is provided, the boxes
-    of a box-only file are 255 (ignore) in it. ``labels`` is the sorted set of classes in the
-    file. An empty label file is an image without objects; so is an image without one, and
-    those are counted (``stats()["missing_label_files"]``) and reported once when the adapter is
-    built. Box corners past the image are clipped (counted as ``clipped_boxes``).
+    A line of 5 fields is a box, ``class cx cy w h``; a line of any other odd number of fields
+    is a polygon, ``class x1 y1 x2 y2 ...``; every coordinate is normalised to ``[0, 1]`` by the
+    image size. Each line is read on its own, so one file may mix boxes and polygons (a
+    2-point polygon would also have 5 fields: such a line is always a box). A polygon of fewer
+    than 3 points (3 fields, or just a class) is skipped, the whole object with it (no box, no
+    class in ``labels``), and counted in ``stats()["short_polygons"]``, as the COCO adapter
+    counts its short polygons.
 
-    Every label file is read when the adapter is built. A bad line (wrong number of fields, a
-    coordinate outside ``[0, 1]``, a class id not in ``names``, a polygon of fewer than 3
-    points) is counted and logged then, and loading that image raises ``DataError(label_file,
-    "line n: ...")`` so that ``data.on_bad_sample: skip`` can drop it. Problems with the YAML
-    raise ``DataError`` naming the YAML and its key.
+    A polygon's box is its bounds; its mask is rasterised by pycocotools exactly as the COCO
+    adapter rasterises a polygon. With ``mask`` the polygons are painted as COCO's (largest
+    first, so smaller instances end on top; with a background class unlabelled pixels are 0,
+    else 255) and then the boxes of box lines are 255 (ignore), as COCO's annotations without
+    a segmentation. With ``instances``, every polygon line whose box is kept (``min_box_size``)
+    is an instance: ``instance_rles`` (one pycocotools RLE per line, original pixels),
+    ``instance_boxes`` float32 ``[N,4]`` (its box, the same as in ``boxes``) and
+    ``instance_labels`` int64 ``[N]``. Only polygon lines are instances: box lines (in a
+    box-only file or mixed with polygons) have no mask and give boxes only, as a COCO annotation
+    without a segmentation does. ``labels`` is the sorted set of classes in the file. An empty
+    label file is an image without objects; so is an image without one, and those are counted
+    (``stats()["missing_label_files"]``) and reported once when the adapter is built. Box
+    corners past the image are clipped (counted as ``clipped_boxes``).
+
+    Every label file is read when the adapter is built. A bad line (an even number of fields,
+    a coordinate outside ``[0, 1]``, a class id not in ``names``) is counted and logged then,
+    and loading that image raises ``DataError(label_file, "line n: ...")`` so that
+    ``data.on_bad_sample: skip`` can drop it. Problems with the YAML raise ``DataError`` naming
+    the YAML and its key.
     """
 
     labels_follow = "box_labels"
@@ -113,11 +129,13 @@ class YoloAdapter(BaseAdapter):
         self.mask_classes: list[str] = ([background] if background is not None else []) + self.classes
         self._index()
         if provides is None:
-            provides = ("boxes", "box_labels", "labels") + (("mask",) if self._stats["polygons"] else ())
+            provides = ("boxes", "box_labels", "labels") + (("mask", "instances") if self._stats["polygons"] else ())
         unknown = [k for k in provides if k not in _KNOWN_KEYS]
         if unknown:
             raise ConfigError(f"YoloAdapter cannot provide {unknown}; choose from {list(_KNOWN_KEYS)}")
-        self.provides = tuple(provides)
+        # without a single polygon line there are no instance masks: leave instances out, so that
+        # an instance task is not labelled by this dataset (a config error when named in its tasks)
+        self.provides = tuple(k for k in provides if k != "instances" or self._stats["polygons"])
         if "mask" in self.provides and len(self.mask_classes) > 255:
             raise DataError(self.source, f"{len(self.mask_classes)} mask classes do not fit uint8 ids")
         self._report()
@@ -205,14 +223,14 @@ class YoloAdapter(BaseAdapter):
         self._labels_path = [label_path(p) for p in self._paths]
         self._cls: list[np.ndarray] = []  # int64 [N] class of each object
         self._boxes: list[np.ndarray] = []  # float64 [N, 4] normalised xyxy, clipped to [0, 1]
-        self._polys: list[list[np.ndarray] | None] = []  # normalised flat polygons, None for boxes
+        self._polys: list[list[np.ndarray | None]] = []  # per object: normalised flat polygon, None for a box
         self._errors: list[str | None] = []
         st = dict.fromkeys(("images", "label_files", "missing_label_files", "empty_label_files", "bad_label_files",
-                            "objects", "polygons", "clipped_boxes"), 0)
+                            "objects", "polygons", "short_polygons", "clipped_boxes"), 0)
         st["images"] = len(self._paths)
         self._missing: list[str] = []
         for lp in self._labels_path:
-            cls, boxes, polys, err, clipped = _parse_label_file(lp, len(self.classes))
+            cls, boxes, polys, err, clipped, short = _parse_label_file(lp, len(self.classes))
             if err == "missing":
                 self._missing.append(lp)
                 err = None
@@ -221,7 +239,8 @@ class YoloAdapter(BaseAdapter):
                 st["empty_label_files"] += err is None and len(cls) == 0
             st["bad_label_files"] += err is not None
             st["objects"] += len(cls)
-            st["polygons"] += len(cls) if polys is not None else 0
+            st["polygons"] += sum(p is not None for p in polys)
+            st["short_polygons"] += short
             st["clipped_boxes"] += clipped
             self._cls.append(cls)
             self._boxes.append(boxes)
@@ -256,7 +275,8 @@ class YoloAdapter(BaseAdapter):
 
     def stats(self) -> dict:
         """Counts: images, label files (read, missing, empty, with errors), objects read (of
-        which polygons), clipped boxes, images without objects (bad label files aside)."""
+        which polygons), polygons skipped for having fewer than 3 points, clipped boxes, images
+        without objects (bad label files aside)."""
         return dict(self._stats)
 
     def load(self, i: int) -> tuple[np.ndarray, dict]:
@@ -271,23 +291,33 @@ class YoloAdapter(BaseAdapter):
             target["boxes"] = boxes[keep]
         if "box_labels" in self.provides:
             target["box_labels"] = self._cls[i][keep]
-        if "mask" in self.provides:
-            target["mask"] = self._rasterise(i, h, w)
+        if {"mask", "instances"} & set(self.provides):
+            is_poly = np.array([p is not None for p in self._polys[i]], bool)
+            rles = self._rles(i, h, w)  # one per polygon line, in line order
+            if "mask" in self.provides:
+                target["mask"] = self._rasterise(i, h, w, rles, is_poly)
+            if "instances" in self.provides:
+                sel = keep[is_poly]  # the polygon lines whose box is kept
+                target["instance_rles"] = [r for r, k in zip(rles, sel) if k]
+                target["instance_boxes"] = boxes[is_poly][sel]
+                target["instance_labels"] = self._cls[i][is_poly][sel]
         if "labels" in self.provides:
             target["labels"] = np.unique(self._cls[i]).astype(np.int64)
         return img, target
 
-    def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:
+    def _rles(self, i: int, h: int, w: int) -> list[dict]:
+        """The polygon lines of sample ``i`` as pycocotools RLEs in pixels, rasterised as COCO's."""
+        scale = np.array([w, h], np.float64)
+        return [polygons_to_rle([(p.reshape(-1, 2) * scale).reshape(-1)], h, w)
+                for p in self._polys[i] if p is not None]
+
+    def _rasterise(self, i: int, h: int, w: int, rles: list[dict], is_poly: np.ndarray) -> np.ndarray:
         offset = 1 if self.background is not None else 0
         mask = np.full((h, w), 0 if self.background is not None else 255, dtype=np.uint8)
-        polys = self._polys[i]
-        if polys is None:  # a box-only file: its objects have no outline, so their boxes are ignore
-            for x1, y1, x2, y2 in self._boxes[i] * np.array([w, h, w, h]):
-                mask[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = 255
-            return mask
-        scale = np.array([w, h], np.float64)
-        rles = [polygons_to_rle([(p.reshape(-1, 2) * scale).reshape(-1)], h, w) for p in polys]
-        paint_largest_first(mask, rles, (self._cls[i] + offset).tolist())
+        paint_largest_first(mask, rles, (self._cls[i][is_poly] + offset).tolist())
+        # box lines: objects without an outline, so their boxes are ignore (as COCO's boxes without a segmentation)
+        for x1, y1, x2, y2 in self._boxes[i][~is_poly] * np.array([w, h, w, h]):
+            mask[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = 255
         return mask
 
 
@@ -327,58 +357,58 @@ def _walk_images(folder: str) -> list[str]:
 
 
 def _parse_label_file(path: str, nc: int):
-    """``(classes int64 [N], boxes float64 [N, 4] normalised xyxy, polygons or None, error, clipped)``.
+    """``(classes int64 [N], boxes float64 [N, 4] normalised xyxy, polygons, error, clipped, short)``.
 
+    ``polygons`` has one entry per object: its flat normalised polygon, or None for a box line.
     ``error`` is ``"missing"`` for a missing file, else None or the first problem
-    (``"line n: ..."``); ``polygons`` is a list of flat normalised arrays for a polygon file.
+    (``"line n: ..."``); ``short`` counts the polygons of fewer than 3 points, which are skipped.
     """
-    empty = (np.zeros(0, np.int64), np.zeros((0, 4), np.float64), None)
+    empty = (np.zeros(0, np.int64), np.zeros((0, 4), np.float64), [])
     try:
         with open(path, encoding="utf-8") as fh:
             lines = [(n, ln.split()) for n, ln in enumerate(fh, start=1) if ln.strip()]
     except FileNotFoundError:
-        return (*empty, "missing", 0)
+        return (*empty, "missing", 0, 0)
     except UnicodeDecodeError as e:
-        return (*empty, f"not UTF-8 text ({e.reason})", 0)
+        return (*empty, f"not UTF-8 text ({e.reason})", 0, 0)
     except OSError as e:
-        return (*empty, f"cannot read label file ({e.strerror})", 0)
-    polygon_file = any(len(t) > 5 for _, t in lines)
-    classes, boxes, polys = [], [], []
+        return (*empty, f"cannot read label file ({e.strerror})", 0, 0)
+    classes, boxes, polys, short = [], [], [], 0
     for n, tokens in lines:
         nf = len(tokens)
-        if polygon_file and nf % 2 == 1 and nf < 7:
-            k = (nf - 1) // 2
-            return (*empty, f"line {n}: a polygon of {k} point{'s' if k != 1 else ''}; a polygon needs at least 3 "
-                            "(this file holds polygons, so every line is one)", 0)
-        if nf % 2 == 0 or nf < 5:
+        if nf % 2 == 0:
             return (*empty, f"line {n}: {nf} fields; expected 5 (class cx cy w h) or a class and at least 3 "
-                            "x y pairs (class x1 y1 x2 y2 x3 y3 ...)", 0)
+                            "x y pairs (class x1 y1 x2 y2 x3 y3 ...)", 0, 0)
         try:
             v = np.array([float(t) for t in tokens], np.float64)
         except ValueError:
             tok = next(t for t in tokens if not _is_float(t))
-            return (*empty, f"line {n}: {tok!r} is not a number", 0)
+            return (*empty, f"line {n}: {tok!r} is not a number", 0, 0)
         k = v[0]
         if not float(k).is_integer():
-            return (*empty, f"line {n}: class id {tokens[0]!r} is not an integer", 0)
+            return (*empty, f"line {n}: class id {tokens[0]!r} is not an integer", 0, 0)
         if not 0 <= k < nc:
-            return (*empty, f"line {n}: class id {int(k)} is not in names ({nc} classes, ids 0-{nc - 1})", 0)
+            return (*empty, f"line {n}: class id {int(k)} is not in names ({nc} classes, ids 0-{nc - 1})", 0, 0)
         c = v[1:]
         out = c[~((c >= 0) & (c <= 1))]  # NaN too
         if out.size:
             return (*empty, f"line {n}: coordinate {out[0]:g} outside [0, 1] (YOLO coordinates are normalised "
-                            "by the image size)", 0)
-        classes.append(int(k))
-        if polygon_file:
-            polys.append(c)
-            xy = c.reshape(-1, 2)
-            boxes.append((*xy.min(0), *xy.max(0)))
-        else:
+                            "by the image size)", 0, 0)
+        if nf == 5:  # a box (a 2-point polygon cannot be told from one)
             cx, cy, bw, bh = c
             boxes.append((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
+            polys.append(None)
+        elif nf < 7:  # a polygon of 0 or 1 points: no outline, no box; skipped and counted
+            short += 1
+            continue
+        else:
+            xy = c.reshape(-1, 2)
+            boxes.append((*xy.min(0), *xy.max(0)))
+            polys.append(c)
+        classes.append(int(k))
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     clipped = int(np.sum(np.any((b < -_EPS) | (b > 1 + _EPS), axis=1)))
-    return (np.asarray(classes, np.int64), np.clip(b, 0.0, 1.0), polys if polygon_file else None, None, clipped)
+    return (np.asarray(classes, np.int64), np.clip(b, 0.0, 1.0), polys, None, clipped, short)
 
 
 def _is_float(s: str) -> bool:
