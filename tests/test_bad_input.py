@@ -100,6 +100,7 @@ CONFIG_CASES = [
     (["tasks.det.head.nms_thresh=1.5"], ["tasks.det.head.nms_thresh", "[0, 1]", "1.5"]),
     (["tasks.det.head.score_thresh=-0.1"], ["tasks.det.head.score_thresh", "-0.1"]),
     (["tasks.cls.head.threshold=2"], ["tasks.cls.head.threshold", "2"]),
+    (["tasks.inst.type=instance", "tasks.inst.detection=dett"], ["tasks.inst.detection", "dett"]),
 ]
 
 
@@ -168,11 +169,17 @@ def _damage(data: Path, tmp_path: Path, how: str) -> tuple[Path, Path, str]:
     if how == "missing annotation file":
         ann.unlink()
         return ann, images, ann.name
+    if how == "rle of another size":
+        im = coco["images"][0]
+        a = next(a for a in coco["annotations"] if a["image_id"] == im["id"])
+        a["segmentation"] = {"size": [im["height"] + 3, im["width"]], "counts": "0"}
+        ann.write_text(json.dumps(coco))
+        return ann, images, ann.name
     raise ValueError(how)
 
 
 DATA_CASES = ["missing image", "truncated image", "not an image", "wrong size", "bad annotation json",
-              "missing annotation file"]
+              "missing annotation file", "rle of another size"]
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["main process", "worker"])
@@ -182,6 +189,19 @@ def test_data_faults(capsys, tmp_path, data, how, workers):
     cfg = _yaml(tmp_path / "c.yaml", ann, images, workers=workers)
     code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", "train.max_iters=0"])
     _assert_one_line(code, err, name)
+
+
+def test_instance_task_on_a_dataset_without_instance_masks(capsys, tmp_path, data):
+    src = data / "shapes" / "train"
+    coco = json.loads((src / "annotations.json").read_text())
+    for a in coco["annotations"]:
+        a.pop("segmentation", None)
+    ann = tmp_path / "boxes_only.json"
+    ann.write_text(json.dumps(coco))
+    cfg = _yaml(tmp_path / "c.yaml", ann, src / "images", extra="")
+    code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", "tasks.inst.type=instance",
+                                        "data.train.0.tasks=[det, inst]"])
+    _assert_one_line(code, err, "boxes_only.json", "no instance masks", "inst")
 
 
 def test_every_sample_bad_is_an_error_not_a_success(capsys, tmp_path, data):

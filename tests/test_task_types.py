@@ -31,11 +31,14 @@ TYPE_CONFIGS = {
     "detection": {"classes": NAMES, "head": {"channels": 16, "num_convs": 1}},
     "segmentation": {"classes": ["bg"] + NAMES, "head": {"channels": 16}},
     "regression": {"targets": ["n", "size"], "mean": [4.0, 10.0], "std": [2.0, 5.0], "head": {"hidden": 16}},
+    "instance": {"head": {"channels": 16}},
 }
+#: tasks a type needs beside it (an instance task segments a detection task's boxes)
+COMPANIONS = {"instance": {"det": {"type": "detection", **TYPE_CONFIGS["detection"]}}}
 
 
 def _cfg(kind: str):
-    tree = {"tasks": {"t": {"type": kind, **TYPE_CONFIGS[kind]}},
+    tree = {"tasks": {"t": {"type": kind, **TYPE_CONFIGS[kind]}, **COMPANIONS.get(kind, {})},
             "model": {"backbone": {"name": "resnet18", "fpn_channels": 16}},
             "data": {"img_size": S}, "train": {"amp": "off"}}
     return config_from_dict(tree)
@@ -54,18 +57,19 @@ def test_task_type_end_to_end(kind):
     again = config_from_dict(cfg.to_dict())
     assert again.tasks["t"].to_dict() == task.to_dict()
     model = build_model(cfg).train()
-    assert model.task_types == {"t": kind}
+    assert model.task_types["t"] == kind
     batch = synthetic_batch(cfg, 2, S, seed=1)
     assert batch.has["t"].all() and spec(task).has_label(task, batch.targets[0])
     # loss on a batch: structured, finite, reaches the head
     losses = model.loss(model(batch.images), batch)
-    assert set(losses) == {"t"} and losses["t"]
+    assert set(losses) == set(cfg.tasks) and losses["t"]
     total = sum(losses["t"].values())
     assert torch.isfinite(total)
     total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads["t"].parameters())
     # unlabelled images contribute exactly 0, still attached
-    none = model.loss(model(batch.images), type(batch)(batch.images, [{}, {}], {"t": torch.zeros(2, dtype=torch.bool)}))
+    none = model.loss(model(batch.images), type(batch)(batch.images, [{}, {}], {t: torch.zeros(2, dtype=torch.bool)
+                                                                                for t in cfg.tasks}))
     assert all(v.item() == 0.0 and v.requires_grad for v in none["t"].values())
     # predict, in original pixels
     model.eval()
@@ -81,7 +85,7 @@ def test_task_type_end_to_end(kind):
         assert np.isfinite(summary_score(res, cfg.tasks))
     # flip merge: a mirrored batch merged with itself equals its own prediction's structure
     merged = predict_flip(model, batch.images, [(S, S)] * 2)
-    assert set(merged[0]) == {"t"} and set(merged[0]["t"]) >= set(preds[0]["t"]) - {"probs"}
+    assert set(merged[0]) == set(cfg.tasks) and set(merged[0]["t"]) >= set(preds[0]["t"]) - {"probs"}
     with pytest.raises(TypeError, match="types"):
         merge_flip(model.heads, raw, raw, S, [(S, S)] * 2)
     # predictor result -> JSON record -> drawing

@@ -124,6 +124,34 @@ def draw_mask(img: np.ndarray, mask, classes: Sequence[str], alpha: float = 0.45
     return out
 
 
+def draw_instances(img: np.ndarray, masks, track_ids=None, alpha: float = 0.5) -> np.ndarray:
+    """Blend each instance's binary mask (``[N, H, W]``, original pixels) in its own colour and
+    outline it: the track's colour when ``track_ids`` has one (>= 0), else one colour per instance
+    (so touching objects of one class stay apart; the boxes' labels name the classes)."""
+    masks = np.asarray(masks)
+    if masks.size == 0:
+        return img
+    tids = None if track_ids is None else np.asarray(track_ids, np.int64).reshape(-1)
+    out = img.copy()
+    thick = max(1, round(max(img.shape[:2]) / 400))
+    for i, m in enumerate(masks):
+        m = np.ascontiguousarray(m, dtype=np.uint8)
+        if m.shape[:2] != img.shape[:2]:
+            m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        x, y, w, h = cv2.boundingRect(m)
+        if not (w and h):
+            continue
+        tid = int(tids[i]) if tids is not None else -1
+        col = _TRACK_COLOURS[tid % len(_TRACK_COLOURS)] if tid >= 0 else _TRACK_COLOURS[i % len(_TRACK_COLOURS)]
+        col = np.asarray(col, np.uint8)
+        roi, sub = out[y:y + h, x:x + w], m[y:y + h, x:x + w]
+        blend = cv2.addWeighted(roi, 1 - alpha, np.broadcast_to(col, roi.shape).copy(), alpha, 0)
+        cv2.copyTo(blend, sub, roi)
+        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(roi, contours, -1, tuple(int(v) for v in col), thick)
+    return out
+
+
 def draw_labels(img: np.ndarray, names: Sequence[str], probs: Optional[Sequence[float]] = None,
                 title: str = "", top_k: int = 5) -> np.ndarray:
     """Write image-level labels (top-k by probability when ``probs`` is given) at the top left."""

@@ -74,6 +74,8 @@ class CocoDetectionEvaluator:
     evaluation round on all ranks.
     """
 
+    iou_type = "bbox"  # COCOeval's iouType; metrics/instance.py's subclass scores "segm"
+
     def __init__(self, classes: Sequence[str], cat_ids: Sequence[int] | None = None):
         self.classes = list(classes)
         if not self.classes:
@@ -273,7 +275,7 @@ class CocoDetectionEvaluator:
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = self.coco_gt()
             coco_dt = self._coco_dt(gt_dataset)
-            ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            ev = COCOeval(coco_gt, coco_dt, iouType=self.iou_type)
             ev.params.imgIds = [r["image_id"] for r in self._records]
             ev.evaluate()
             ev.accumulate()

@@ -12,13 +12,15 @@ from ..errors import ConfigError
 from .base import TaskType
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .instance import InstanceTask
 from .regression import RegressionTask
 from .segmentation import SegmentationTask
 
 __all__ = ["TASK_TYPES", "TaskType", "spec"]
 
 TASK_TYPES: dict[str, TaskType] = {
-    t.name: t for t in (ClassificationTask(), DetectionTask(), SegmentationTask(), RegressionTask())
+    t.name: t for t in (ClassificationTask(), DetectionTask(), SegmentationTask(), RegressionTask(),
+                            InstanceTask())
 }
 
 
