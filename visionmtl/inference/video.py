@@ -40,8 +40,7 @@ from .outputs import VIDEO_CODECS
 from .predictor import PreparedBatch, Predictor
 from .sources import Frame, Source, open_source
 from .stages import END, POLL, STAGES, WINDOW, StageTimer
-from ..tasks import spec
-from .track import ByteTracker
+from .tracking import apply_tracking, followers_of, make_trackers
 from .writer import Writer, check_display
 
 log = logging.getLogger("visionmtl")
@@ -186,24 +185,6 @@ class _ModelWorker(_Stage):
             self.timer.add("wait_output", time.perf_counter() - t2)
 
 
-def _make_trackers(predictor: Predictor, track_buffer: int) -> dict[str, ByteTracker]:
-    low = min(0.1, predictor.conf)
-    return {n: ByteTracker(track_thresh=max(predictor.conf, low), low_thresh=low, track_buffer=track_buffer)
-            for n, t in predictor.tasks.items() if spec(t).trackable}
-
-
-def _apply_tracking(result: dict, trackers: dict[str, ByteTracker], conf: float) -> None:
-    """Give detections track ids; keep boxes above ``conf`` or continuing a track (low-score boxes)."""
-    for name, tracker in trackers.items():
-        r = result.get(name)
-        if r is None:
-            continue
-        ids = tracker.update(r["boxes"], r["scores"], r["labels"])
-        keep = (r["scores"] >= conf) | (ids >= 0)
-        result[name] = {"boxes": r["boxes"][keep], "scores": r["scores"][keep], "labels": r["labels"][keep],
-                        "track_ids": ids[keep]}
-
-
 def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames: Optional[int] = None,
                    track: bool = False, track_buffer: int = 30, timer: Optional[StageTimer] = None,
                    queue_size: Optional[int] = None) -> Iterator[tuple[Frame, dict]]:
@@ -229,7 +210,8 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
     src = open_source(source) if own else source
     timer = timer if timer is not None else StageTimer()
     batch = max(1, int(batch))
-    trackers = _make_trackers(predictor, track_buffer) if track else {}
+    trackers = make_trackers(predictor, track_buffer) if track else {}
+    followers = followers_of(predictor) if track else {}
     min_score = min(0.1, predictor.conf) if trackers else None
     reader = _Reader(src, predictor, batch, max_frames, timer, maxsize=max(2, queue_size or 4))
     worker = _ModelWorker(reader, predictor, timer, maxsize=2)
@@ -250,7 +232,7 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
             timer.add("postprocess", t1 - t0)
             if trackers:
                 for r in results:
-                    _apply_tracking(r, trackers, predictor.conf)
+                    apply_tracking(r, trackers, predictor.conf, followers)
                 timer.add("track", time.perf_counter() - t1)
             for f, r in zip(frames, results):
                 yield f, r
