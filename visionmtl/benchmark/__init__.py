@@ -52,7 +52,7 @@ def run_benchmark(cfg: Config, opts: Optional[BenchmarkOptions] = None, out_dir:
     if accuracy or checkpoints:
         combos = None
         if accuracy_all_combos:
-            combos = [c for c in parse_combos(opts.combos, list(cfg.tasks)) if len(c) > 1]
+            combos = [c for c in parse_combos(opts.combos, list(cfg.tasks), cfg) if len(c) > 1]
             if tuple(cfg.tasks) not in combos:
                 combos.append(tuple(cfg.tasks))
         acc = run_accuracy(cfg, out_dir or "runs/benchmark", train_epochs, checkpoints, train=accuracy,

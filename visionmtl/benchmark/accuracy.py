@@ -28,7 +28,7 @@ from ..engine.checkpoint import load_trained
 from ..engine.runtime import pick_amp, pick_device
 from ..engine.trainer import Trainer
 from ..metrics.mtl import delta_m, delta_m_per_task
-from .combos import combo_name, parse_combos, subset_config
+from .combos import closure, combo_name, parse_combos, subset_config
 
 log = logging.getLogger("visionmtl")
 
@@ -103,7 +103,9 @@ def accuracy_summary(models: Mapping[str, Mapping[str, Optional[float]]], tasks:
     """
     names = {t: main_metric(c) for t, c in tasks.items()}
     lower = {t: lower_is_better(c, names[t]) for t, c in tasks.items()}
-    singles = {t: models[t].get(t) for t in tasks if t in models}
+    # a task's single-task model; an instance task's has its detector (combos.closure)
+    singles = {t: models[combo_name(closure(tasks, (t,)))].get(t) for t in tasks
+               if combo_name(closure(tasks, (t,))) in models}
     combos: dict[str, dict] = {}
     order = {t: i for i, t in enumerate(tasks)}
     for name in sorted(models, key=lambda n: (len(n.split("+")), [order.get(t, 99) for t in n.split("+")])):
@@ -138,7 +140,7 @@ def parse_checkpoints(spec: str | Mapping[str, str] | None, tasks: Sequence[str]
         if not key:
             raise ConfigError(f"--checkpoints: expected task=path, got {path!r}")
         key = key.strip()
-        combo = tuple(tasks) if key == "mtl" else parse_combos([key], tasks)[0]
+        combo = tuple(tasks) if key == "mtl" else parse_combos([key], tasks, cfg)[0]
         if combo in out:  # one row per combination: a second path would silently replace the first
             raise ConfigError(f"--checkpoints: two checkpoints for {'+'.join(combo)} ({out[combo]} and "
                               f"{str(path).strip()}); the table has one row per head combination")
@@ -223,7 +225,7 @@ def run_accuracy(cfg: Config, out_dir: str | Path, epochs: Optional[int] = None,
     """
     tasks = list(cfg.tasks)
     ckpts = parse_checkpoints(checkpoints, tasks)
-    wanted: list[tuple[str, ...]] = [(t,) for t in tasks]
+    wanted: list[tuple[str, ...]] = list(dict.fromkeys(closure(cfg.tasks, (t,)) for t in tasks))
     for c in (combos if combos is not None else [tuple(tasks)]):
         c = tuple(c)
         if len(c) > 1 and c not in wanted:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,22 +29,40 @@ def all_combos(tasks: Sequence[str]) -> list[tuple[str, ...]]:
     return [c for k in range(1, len(tasks) + 1) for c in itertools.combinations(tasks, k)]
 
 
-def parse_combos(spec: Any, tasks: Sequence[str]) -> list[tuple[str, ...]]:
+def closure(tasks: Mapping[str, Any], combo: Sequence[str]) -> tuple[str, ...]:
+    """``combo`` plus the tasks its tasks cannot work without (an instance task's detection
+    task), in the order of ``tasks`` (a config's ``tasks``): the smallest model that runs those heads."""
+    names = set(combo)
+    todo = list(combo)
+    while todo:
+        t = todo.pop()
+        for dep in spec(tasks[t]).links(tasks[t]):
+            if dep not in names:
+                names.add(dep)
+                todo.append(dep)
+    return tuple(t for t in tasks if t in names)
+
+
+def parse_combos(spec: Any, tasks: Sequence[str], cfg: Config | None = None) -> list[tuple[str, ...]]:
     """Resolve a combination spec against the configured task names.
 
     Args:
         spec: ``"all"``, ``"cls,det+seg"``, or a sequence of ``"a+b"`` strings / task tuples.
         tasks: task names in config order.
 
+        cfg: the config, to keep linked tasks together (:func:`closure`): ``"all"`` leaves out a
+            combination without them, and naming one is an error.
+
     Returns:
         Combinations as tuples in config order, without duplicates, in the order given.
 
     Raises:
-        ConfigError: an unknown task name, an empty combination, or nothing selected.
+        ConfigError: an unknown task name, an empty combination, a combination missing a task
+        one of its tasks needs, or nothing selected.
     """
     tasks = list(tasks)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return all_combos(tasks)
+        return [c for c in all_combos(tasks) if cfg is None or closure(cfg.tasks, c) == c]
     items = [s for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     out: list[tuple[str, ...]] = []
     for item in items:
@@ -56,6 +74,10 @@ def parse_combos(spec: Any, tasks: Sequence[str]) -> list[tuple[str, ...]]:
         if unknown:
             raise ConfigError(f"--combos: unknown task(s) {unknown}; configured tasks: {', '.join(tasks)}")
         combo = tuple(t for t in tasks if t in names)
+        if cfg is not None and closure(cfg.tasks, combo) != combo:
+            missing = [t for t in closure(cfg.tasks, combo) if t not in combo]
+            raise ConfigError(f"--combos: {combo_name(combo)} needs {', '.join(missing)} (write "
+                              f"{combo_name(closure(cfg.tasks, combo))})")
         if combo not in out:
             out.append(combo)
     if not out:

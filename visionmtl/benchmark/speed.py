@@ -60,7 +60,7 @@ from ..engine.step import StepParts, train_step
 from ..mtl.methods import build_method
 from ..engine.runtime import pick_amp, pick_device
 from ..models.multitask import MultiTaskModel
-from .combos import build_combo_model, combo_name, parse_combos, subset_config, synthetic_batch
+from .combos import build_combo_model, closure, combo_name, parse_combos, subset_config, synthetic_batch
 from .measure import (BF16_PEAK_TFLOPS, PeakMemory, count_flops, cpu_model_name, environment, gpu_bf16_peak_tflops,
                       model_bytes, optimizer_bytes)
 
@@ -262,16 +262,17 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
     amp_dtype = pick_amp(opts.amp, device)
     imgsz = int(opts.imgsz or cfg.data.img_size)
     tasks = list(cfg.tasks)
-    combos = parse_combos(opts.combos, tasks)
+    combos = parse_combos(opts.combos, tasks, cfg)
     bench = _Bench(cfg, opts, device, amp_dtype, imgsz)
     env = environment(device, amp_dtype, imgsz, opts.batch, opts.channels_last)
     log.info("benchmark on %s (%s), %s, %d px, batch %d, %d threads", env["device_name"], device, env["dtype"],
              imgsz, opts.batch, env["threads"])
 
-    # models: every combination, plus the single-task models the separate runs need
+    # models: every combination, plus the single-task models the separate runs need (a task that
+    # cannot work alone, an instance task, gets its own copy of what it needs: its detector)
     needed = list(combos)
     if opts.compare_separate:
-        needed += [(t,) for c in combos for t in c if (t,) not in needed]
+        needed += list(dict.fromkeys(closure(cfg.tasks, (t,)) for c in combos for t in c if closure(cfg.tasks, (t,)) not in needed))
     for c in needed:
         bench.entry(c)
     full = tuple(tasks)
@@ -288,8 +289,9 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
         }
         if opts.train:
             p["train"] = lambda: bench.train_step([e.trainable])
-        if opts.compare_separate and len(combo) > 1:  # a single task's separate model is the model itself
-            singles = [bench.entries[(t,)] for t in combo]
+        if opts.compare_separate and all(closure(cfg.tasks, (t,)) != combo for t in combo):
+            # a single task's separate model is the model itself (an instance task's: with its detector)
+            singles = [bench.entries[closure(cfg.tasks, (t,))] for t in combo]
             p["sep_forward"] = lambda: bench.forward([s.model for s in singles])
             p["sep_forward_predict"] = lambda: bench.forward_predict([s.model for s in singles])
             if opts.train:
@@ -343,7 +345,7 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
             if opts.memory:
                 resident = tr.resident_bytes()
                 row["train_memory_mb"] = (resident + bench.peak(plans[c]["train"], opts.memory_runs)) / 2**20
-        if opts.compare_separate and len(c) == 1:
+        if opts.compare_separate and any(closure(cfg.tasks, (t,)) == c for t in c):  # its own separate model
             sep = {k: copy.deepcopy(row[k]) for k in ("params", "params_m", "gflops", "forward", "forward_predict")}
             sep.update(forward_ratio=1.0, forward_predict_ratio=1.0, gflops_ratio=1.0, same_as_shared=True)
             if opts.memory:
@@ -354,7 +356,7 @@ def run_speed(cfg: Config, opts: BenchmarkOptions, accuracy: Optional[dict] = No
                     sep.update(train_memory_mb=row["train_memory_mb"], train_memory_ratio=1.0)
             row["separate"] = sep
         elif opts.compare_separate:
-            singles = [bench.entries[(t,)] for t in c]
+            singles = [bench.entries[closure(cfg.tasks, (t,))] for t in c]
             sep_params = sum(p.numel() for s in singles for p in s.model.parameters())
             sep: dict[str, Any] = {
                 "params": sep_params,
