@@ -46,7 +46,7 @@ class InstanceTask(TaskType):
     name = "instance"
     Options = InstanceOptions
     head_options = ("detection", "levels", "kind", "mask_size", "roi_size", "channels", "num_convs", "num_protos",
-                    "class_agnostic", "mask_thresh")
+                    "class_agnostic", "mask_thresh", "sampling_ratio")
     target_keys = ("instance_labels",)
     single = True
     trackable = False
@@ -66,7 +66,8 @@ class InstanceTask(TaskType):
             key = f"tasks.{name}.head.kind"
             raise ConfigError(f"{where(key)}: key '{key}' must be roi or proto, got {head['kind']!r}")
         check_ranges(name, head, {"mask_size": (4, 128), "roi_size": (2, 64), "channels": (1, 1024),
-                                  "num_convs": (0, 8), "num_protos": (1, 256), "mask_thresh": (0.0, 1.0)}, where)
+                                  "num_convs": (0, 8), "num_protos": (1, 256), "mask_thresh": (0.0, 1.0),
+                                  "sampling_ratio": (0, 8)}, where)
 
     def check_links(self, name, task, tasks, where) -> None:
         """The detection task named (or the only one) exists; classes default to and must equal its."""

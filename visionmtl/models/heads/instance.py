@@ -59,11 +59,13 @@ class InstanceHead(nn.Module):
         num_protos: prototypes of ``kind="proto"``.
         class_agnostic: one mask per box whatever its class (``proto`` always is).
         mask_thresh: probability at which a pasted mask pixel is foreground.
+        sampling_ratio: RoIAlign samples per bin side (2, as Mask R-CNN; 1 costs less).
     """
 
     def __init__(self, task: str, in_channels: int, num_classes: int, levels: Sequence[str], strides: Sequence[int],
                  detection: str = "", kind: str = "roi", mask_size: int = 28, roi_size: int = 14, channels: int = 128,
-                 num_convs: int = 2, num_protos: int = 16, class_agnostic: bool = False, mask_thresh: float = 0.5):
+                 num_convs: int = 2, num_protos: int = 16, class_agnostic: bool = False, mask_thresh: float = 0.5,
+                 sampling_ratio: int = 2):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"task '{task}': unknown instance head kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -74,7 +76,7 @@ class InstanceHead(nn.Module):
         self.class_agnostic = bool(class_agnostic) or kind == "proto"
         out = 1 if self.class_agnostic else self.num_classes
         pool = int(roi_size) if kind == "roi" else 7
-        self.pooler = MultiScaleRoIAlign(self.levels, output_size=pool, sampling_ratio=2)
+        self.pooler = MultiScaleRoIAlign(self.levels, output_size=pool, sampling_ratio=int(sampling_ratio))
         if kind == "roi":
             convs, c = [], in_channels
             for _ in range(num_convs):
