@@ -17,6 +17,7 @@ from .transforms import build_transforms
 
 
 log = logging.getLogger(__name__)
+_TOLD: set = set()  # worker caps already logged in this process
 
 
 def _cpus() -> int:
@@ -89,7 +90,8 @@ def build_loader(cfg, split: str, dataset: MultiDataset | None = None, shuffle: 
                            rank=rank, world=world, drop_last=False)
     if workers is None:  # the config's count is capped; an explicit one (benchmarks) is not
         workers = usable_workers(cfg.data.workers, world)
-        if workers < cfg.data.workers:
+        if workers < cfg.data.workers and (cfg.data.workers, workers) not in _TOLD:
+            _TOLD.add((cfg.data.workers, workers))  # the train and val loaders would say it twice
             log.info("data.workers %d -> %d: %d CPUs for %d rank(s) computing with %d threads each",
                      cfg.data.workers, workers, _cpus(), world, torch.get_num_threads())
     return DataLoader(
