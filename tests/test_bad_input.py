@@ -202,6 +202,9 @@ def test_instance_task_on_a_dataset_without_instance_masks(capsys, tmp_path, dat
     code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", "tasks.inst.type=instance",
                                         "data.train.0.tasks=[det, inst]"])
     _assert_one_line(code, err, "boxes_only.json", "no instance masks", "inst")
+    # datasets left to label every task they can: the task no dataset can label is named
+    code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w2", "--set", "tasks.inst.type=instance"])
+    _assert_one_line(code, err, "no training dataset labels task 'inst'", "data.train.0")
 
 
 def test_every_sample_bad_is_an_error_not_a_success(capsys, tmp_path, data):

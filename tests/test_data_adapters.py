@@ -44,8 +44,10 @@ def test_coco128_loads_every_image(coco128):
         info = ref.imgs[adapter.image_id(i)]
         assert img.dtype == np.uint8 and img.shape == (info["height"], info["width"], 3)
         crowds = ref.getAnnIds(imgIds=[adapter.image_id(i)], iscrowd=True)
-        assert set(tgt) == {"boxes", "box_areas", "box_labels", "mask", "labels"} | (
-            {"crowd_boxes", "crowd_labels", "crowd_areas"} if crowds else set())
+        assert set(tgt) == {"boxes", "box_areas", "box_labels", "mask", "labels", "instance_rles", "instance_boxes",
+                            "instance_labels", "instance_areas"} | (
+            {"crowd_boxes", "crowd_labels", "crowd_areas", "instance_crowd_rles", "instance_crowd_labels"}
+            if crowds else set())
         assert len(tgt.get("crowd_boxes", ())) == len(tgt.get("crowd_labels", ())) == len(crowds)
         assert tgt["boxes"].dtype == np.float32 and tgt["boxes"].shape[1:] == (4,)
         assert tgt["box_labels"].dtype == np.int64 and len(tgt["box_labels"]) == len(tgt["boxes"])

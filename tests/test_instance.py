@@ -278,8 +278,10 @@ def test_instance_task_trains_under_every_strategy(shapes_dir, tmp_path, how):
     assert any("loss_inst_mask" in h for h in trainer.history)
     after = dict(trainer.net.named_parameters())
     assert any(not torch.equal(v, after[k]) for k, v in before.items())
+    from visionmtl.data.loader import build_loader
+
     model, _, _ = load_trained(str(tmp_path / "last.pt"))
-    batch = next(iter(trainer.train_loader))
+    batch = next(iter(build_loader(cfg, "train")))
     with torch.no_grad():
         preds = model.predict(model(batch.images), [m["input_size"] for m in batch.meta])
     assert preds[0]["inst"]["masks"].shape[1:] == tuple(batch.meta[0]["input_size"])

@@ -140,7 +140,7 @@ def parse_checkpoints(spec: str | Mapping[str, str] | None, tasks: Sequence[str]
         if not key:
             raise ConfigError(f"--checkpoints: expected task=path, got {path!r}")
         key = key.strip()
-        combo = tuple(tasks) if key == "mtl" else parse_combos([key], tasks, cfg)[0]
+        combo = tuple(tasks) if key == "mtl" else parse_combos([key], tasks)[0]
         if combo in out:  # one row per combination: a second path would silently replace the first
             raise ConfigError(f"--checkpoints: two checkpoints for {'+'.join(combo)} ({out[combo]} and "
                               f"{str(path).strip()}); the table has one row per head combination")

@@ -154,10 +154,15 @@ def build_datasets(cfg, split: str, transform=None) -> list[TaskDataset]:
                                cfg.data.on_bad_sample, d.name or f"{split}{i}", d.unmapped, d.limit))
     if not out:
         raise ConfigError(f"data.{split}: no datasets configured")
-    if split == "train":  # a head no training image labels would never learn: say so, do not train it blind
+    if split == "train":  # a head no training image labels never learns: never silently
         for name, t in cfg.tasks.items():
-            if not any(name in ds.tasks for ds in out):
-                have = "; ".join(f"data.train.{i} ({type(ds.adapter).__name__}) gives {list(ds.adapter.provides)}"
-                                 for i, ds in enumerate(out))
-                raise ConfigError(f"data.train: no training dataset labels task '{name}' (type {t.type}): {have}")
+            if any(name in ds.tasks for ds in out):
+                continue
+            have = "; ".join(f"data.train.{i} ({type(ds.adapter).__name__}) gives {list(ds.adapter.provides)}"
+                             for i, ds in enumerate(out))
+            msg = f"data.train: no training dataset labels task '{name}' (type {t.type}): {have}"
+            if any(d.tasks for d in cfg.data.train):  # the config chose the datasets' tasks: its head is kept as it is
+                log.warning("%s; its head will not learn", msg)
+            else:  # every dataset was asked for every task it can label, and none can label this one
+                raise ConfigError(msg)
     return out

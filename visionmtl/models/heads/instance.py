@@ -192,24 +192,29 @@ class InstanceHead(nn.Module):
         return out
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:
+def paste_masks(masks: Tensor, boxes: Tensor, size: Sequence[int], chunk_pixels: int = 1 << 22) -> Tensor:
     """Per-box masks ``[N, M, M]`` (probabilities) resampled into their boxes on an image of
     ``size = (h, w)``: float ``[N, h, w]``, 0 outside each box.
 
     Pixel ``(u, v)`` has its centre at ``(u + 0.5, v + 0.5)``; bilinear sampling
-    (``grid_sample``, ``align_corners=False``) over each box's pixels only, the inverse of
-    ``roi_align(aligned=True)`` (detectron2's convention).
+    (``grid_sample``, ``align_corners=False``, zeros outside the mask), the inverse of
+    ``roi_align(aligned=True)`` (detectron2's convention). Boxes go through ``grid_sample``
+    together, in chunks of at most ``chunk_pixels`` output pixels.
     """
     h, w = int(size[0]), int(size[1])
-    out = masks.new_zeros((len(masks), h, w))
-    for i, (m, b) in enumerate(zip(masks, boxes.tolist())):
-        x0, y0 = max(int(b[0]), 0), max(int(b[1]), 0)
-        x1, y1 = min(int(b[2]) + 1, w), min(int(b[3]) + 1, h)
-        bw, bh = max(b[2] - b[0], 1e-3), max(b[3] - b[1], 1e-3)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        gx = (torch.arange(x0, x1, device=m.device, dtype=m.dtype) + 0.5 - b[0]) / bw * 2 - 1
-        gy = (torch.arange(y0, y1, device=m.device, dtype=m.dtype) + 0.5 - b[1]) / bh * 2 - 1
-        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
-        out[i, y0:y1, x0:x1] = F.grid_sample(m[None, None], grid, align_corners=False)[0, 0]
+    n = len(masks)
+    out = masks.new_zeros((n, h, w))
+    if n == 0:
+        return out
+    boxes = boxes.to(masks.dtype)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    bw, bh = (x1 - x0).clamp(min=1e-3), (y1 - y0).clamp(min=1e-3)
+    xs = torch.arange(w, device=masks.device, dtype=masks.dtype) + 0.5
+    ys = torch.arange(h, device=masks.device, dtype=masks.dtype) + 0.5
+    step = max(1, chunk_pixels // (h * w))
+    for i in range(0, n, step):
+        sl = slice(i, i + step)
+        gx = ((xs[None] - x0[sl, None]) / bw[sl, None] * 2 - 1)[:, None, :].expand(-1, h, w)
+        gy = ((ys[None] - y0[sl, None]) / bh[sl, None] * 2 - 1)[:, :, None].expand(-1, h, w)
+        out[sl] = F.grid_sample(masks[sl, None], torch.stack([gx, gy], -1), align_corners=False)[:, 0]
     return out
