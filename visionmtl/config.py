@@ -55,6 +55,9 @@ class ModelConfig:
     sharing: str = "hard"
     soft_lambda: float = 1e-3
     adapter_reduction: int = 4  # mtan/private: hidden channels = channels // reduction
+    # fine-tuning: a visionmtl checkpoint or a plain state dict, loaded by name and shape before
+    # training (a head whose classes changed is re-initialised, its class rows carried by name)
+    load_from: str = ""
 
 
 @dataclass

@@ -74,11 +74,19 @@ def _fsync_dir(folder: Path) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load with ``weights_only=True``; errors name the file."""
+    ckpt = read_torch_file(path, "checkpoint", map_location)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a visionmtl checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(weights_only=True)`` of any torch file; errors name the file (``what`` it was to be)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: checkpoint file is empty")
+        raise CheckpointError(f"{path}: {what} file is empty")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file
@@ -88,9 +96,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             why = "it holds pickled Python objects beyond tensors and plain values"
         else:
             why = f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
-        raise CheckpointError(f"{path}: cannot read checkpoint ({why})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a visionmtl checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path}: cannot read {what} ({why})") from None
     return ckpt
 
 

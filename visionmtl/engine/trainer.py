@@ -10,6 +10,7 @@ task per batch, or one drawn task per step in :mod:`visionmtl.mtl.alternating`),
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -32,6 +33,8 @@ from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_sta
 from .runtime import check_compile, cpu_bf16_fast, pick_amp, pick_device, seed_everything
 from .step import StepParts, train_step
 from .ema import ModelEMA
+from .transfer import load_from
+from ..files import write_text
 from .evaluate import evaluate, summary_score
 from .logger import RunLogger, plot_curves
 from ..mtl.alternating import TaskStreams, task_parts
@@ -93,6 +96,10 @@ class Trainer:
         self.val_loader = build_loader(cfg, "val") if cfg.data.val else None
 
         self.net = build_model(cfg).to(self.device, memory_format=self.memory_format)
+        if cfg.model.load_from and not resume:  # fine-tuning: weights by name and shape, then train
+            summary = load_from(self.net, cfg.tasks, cfg.model.load_from)
+            if self.main:
+                write_text(self.work_dir / "load_from.json", json.dumps(summary, indent=1))
         self.local_rank = local_rank
         self.model = self._wrap()
         self.ema = ModelEMA(self.net, tc.ema_decay, tc.ema_tau) if tc.ema_decay > 0 else None
