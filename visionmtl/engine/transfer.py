@@ -112,8 +112,9 @@ def load_from(model: torch.nn.Module, tasks: Mapping[str, Any], path: str) -> di
         "reinitialised": reinit, "missing": missing, "unexpected": unexpected, "heads_with_new_classes": changed,
     }
     carried = ", ".join(f"{t}: {max(n)} of {len(new[t])} classes" for t, n in by_name.items())
-    log.info("load_from %s: %d of %d tensors loaded%s; %d re-initialised (shape changed%s), %d missing from the "
+    log.info("load_from %s: %d of %d tensors loaded%s%s; %d re-initialised (shape changed), %d missing from the "
              "file, %d in the file unused", path, len(loaded), len(own),
-             f"; class rows carried by name ({carried})" if carried else "", len(reinit),
-             f": {', '.join(changed)}" if changed else "", len(missing), len(unexpected))
+             f"; heads with new classes: {', '.join(changed)}" if changed else "",
+             f" (class rows carried by name: {carried})" if carried else "", len(reinit), len(missing),
+             len(unexpected))
     return summary
