@@ -368,35 +368,32 @@ class CocoAdapter(BaseAdapter):
                 target["crowd_boxes"], target["crowd_labels"], target["crowd_areas"] = self._crowd_boxes(i, h, w)
         if "box_labels" in self.provides:
             target["box_labels"] = self._box_labels[i].copy()
+        # each segmentation as one RLE, once, for the mask and the instances alike
+        rles = {aid: self._to_rle(self.coco.anns[aid], h, w) for aid in self._instances[i] + self._crowds[i]} \
+            if {"mask", "instances"} & set(self.provides) else {}
         if "mask" in self.provides:
-            target["mask"] = self._rasterise(i, h, w)
+            target["mask"] = self._rasterise(i, h, w, rles)
         if "labels" in self.provides:
             target["labels"] = self._labels[i].copy()
         if "values" in self.provides:
             target["values"] = dict(self._values[i])
         if "instances" in self.provides:
-            target.update(self._instances_of(i, h, w))
+            target.update(self._instances_of(i, rles))
         return img, target
 
-    def _instances_of(self, i: int, h: int, w: int) -> dict:
-        """The image's objects as RLEs with their boxes, labels and areas; crowd regions apart."""
-        rles, boxes, labels, areas = [], [], [], []
-        for aid, box, area in self._inst[i]:
-            a = self.coco.anns[aid]
-            rle = self._to_rle(a, h, w)
-            if rle is None:
-                continue
-            rles.append(rle)
-            boxes.append(box)
-            labels.append(self.cat_to_native[a["category_id"]])
-            areas.append(area)
-        out = {"instance_rles": rles, "instance_boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-               "instance_labels": np.asarray(labels, np.int64), "instance_areas": np.asarray(areas, np.float64)}
-        crowd = [(self._to_rle(self.coco.anns[aid], h, w), self.coco.anns[aid]) for aid in self._crowds[i]]
-        crowd = [(r, a) for r, a in crowd if r is not None]
+    def _instances_of(self, i: int, rles: dict) -> dict:
+        """The image's objects as RLEs (``rles``: ann id -> RLE or None) with their boxes, labels
+        and areas; crowd regions apart."""
+        kept = [(aid, box, area) for aid, box, area in self._inst[i] if rles[aid] is not None]
+        label = lambda aid: self.cat_to_native[self.coco.anns[aid]["category_id"]]  # noqa: E731
+        out = {"instance_rles": [rles[aid] for aid, _, _ in kept],
+               "instance_boxes": np.asarray([box for _, box, _ in kept], np.float32).reshape(-1, 4),
+               "instance_labels": np.asarray([label(aid) for aid, _, _ in kept], np.int64),
+               "instance_areas": np.asarray([area for _, _, area in kept], np.float64)}
+        crowd = [aid for aid in self._crowds[i] if rles[aid] is not None]
         if crowd:
-            out["instance_crowd_rles"] = [r for r, _ in crowd]
-            out["instance_crowd_labels"] = np.asarray([self.cat_to_native[a["category_id"]] for _, a in crowd], np.int64)
+            out["instance_crowd_rles"] = [rles[aid] for aid in crowd]
+            out["instance_crowd_labels"] = np.asarray([label(aid) for aid in crowd], np.int64)
         return out
 
     def _crowd_boxes(self, i: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -413,13 +410,14 @@ class CocoAdapter(BaseAdapter):
                 np.asarray(areas, np.float64))
 
     # ------------------------------------------------------------------ masks
-    def _rasterise(self, i: int, h: int, w: int) -> np.ndarray:
+    def _rasterise(self, i: int, h: int, w: int, segs: dict) -> np.ndarray:
+        """The semantic mask from the image's RLEs (``segs``: ann id -> RLE or None)."""
         offset = 1 if self.background is not None else 0
         mask = np.full((h, w), 0 if self.background is not None else 255, dtype=np.uint8)
         rles, values, ignore_boxes = [], [], []
         for aid in self._instances[i]:
             a = self.coco.anns[aid]
-            rle = self._to_rle(a, h, w)
+            rle = segs[aid]
             if rle is None:
                 ignore_boxes.append(a["bbox"])
                 continue
@@ -429,7 +427,7 @@ class CocoAdapter(BaseAdapter):
         crowd_rles = []
         for aid in self._crowds[i]:
             a = self.coco.anns[aid]
-            rle = self._to_rle(a, h, w)
+            rle = segs[aid]
             if rle is None:
                 ignore_boxes.append(a["bbox"])
             else:

@@ -31,7 +31,7 @@ from ..config import Config, ConfigError
 from ..data.base import read_image
 from ..engine.checkpoint import load_trained
 from ..engine.runtime import pick_amp, pick_device
-from ..models.multitask import predict_order
+from ..models.multitask import given_results, predict_order
 from ..models.tta import merge_flip
 from ..tasks import spec
 
@@ -254,10 +254,9 @@ class Predictor:
             if merged is not None:
                 preds = [m[name] for m in merged]
             else:  # detection candidates below thr never reach NMS
-                after = getattr(self.model.heads[name], "after", None)
-                kw = {"given": [d[after] for d in decoded]} if after else {}
-                preds = kind.predict(self.model.heads[name], raw[name], batch.input_sizes, batch.orig_sizes,
-                                     min_score=thr, **kw)
+                head = self.model.heads[name]
+                preds = kind.predict(head, raw[name], batch.input_sizes, batch.orig_sizes, min_score=thr,
+                                     **given_results(head, decoded))
             for i, p in enumerate(preds):
                 decoded[i][name] = p
                 results[i][name] = kind.to_numpy(task, p, thr)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MultiTaskModel", "predict_order"]
+__all__ = ["MultiTaskModel", "given_results", "predict_order"]
 
 
 def predict_order(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> list[str]:
@@ -25,6 +25,13 @@ def predict_order(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> list[
         if after and after not in first:
             raise ValueError(f"task '{t}' decodes on the results of task '{after}', which is not being predicted")
     return first + [t for t in tasks if t not in first]
+
+
+def given_results(head: nn.Module, results: Sequence[Mapping]) -> dict:
+    """The ``given=`` keyword of ``head.predict``: the per-image results of the task its ``after``
+    names (``results``: one ``{task: result}`` per image), or nothing for a head that needs none."""
+    after = getattr(head, "after", None)
+    return {"given": [r[after] for r in results]} if after else {}
 
 
 class MultiTaskModel(nn.Module):
@@ -187,8 +194,6 @@ class MultiTaskModel(nn.Module):
         results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
         for task in predict_order(self.heads, [t for t in self.heads if t in raw]):
             head = self.heads[task]
-            after = getattr(head, "after", None)
-            kw = {"given": [r[after] for r in results]} if after else {}
-            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes, **kw)):
+            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes, **given_results(head, results))):
                 results[i][task] = r
         return results

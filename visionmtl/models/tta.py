@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..tasks import spec
 from .heads.common import hw_list
-from .multitask import predict_order
+from .multitask import given_results, predict_order
 
 __all__ = ["merge_flip", "predict_flip"]
 
@@ -70,9 +70,9 @@ def merge_flip(heads: Mapping[str, torch.nn.Module], raw: Mapping, raw_m: Mappin
     results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(b)]
     for task in predict_order(heads, [t for t in heads if t in raw]):
         head, kind = heads[task], spec(types[task])
-        after = getattr(head, "after", None)
-        if after:  # decodes on another task's merged results, from the first pass
-            merged = kind.predict(head, raw[task], sizes, origs, min_score, given=[r[after] for r in results])
+        given = given_results(head, results)
+        if given:  # decodes on another task's merged results, from the first pass
+            merged = kind.predict(head, raw[task], sizes, origs, min_score, **given)
         else:
             merged = kind.merge_flip(head, raw[task], raw_m[task], width, sizes, origs, min_score)
         for i, r in enumerate(merged):
