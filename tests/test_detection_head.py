@@ -134,10 +134,10 @@ def test_detection_min_score_before_nms_equals_filtering_after(monkeypatch):
 
     def counting_nms(boxes, *a):
         nms_inputs.append(len(boxes))
-        return batched_nms(boxes, *a)
+        return nms(boxes, *a)
 
-    batched_nms = det.batched_nms
-    monkeypatch.setattr(det, "batched_nms", counting_nms)
+    nms = det.nms
+    monkeypatch.setattr(det, "nms", counting_nms)
     head = _det_head(score_thresh=0.0, max_det=1000)
     head.eval()
     torch.manual_seed(1)

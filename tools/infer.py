@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Run a trained checkpoint on images, folders, globs, videos, webcams or streams.
+"""Run a trained checkpoint (or its ONNX export) on images, folders, globs, videos, webcams or streams.
 
-    python tools/infer.py CHECKPOINT --source SRC [--out DIR] [--tasks cls,det,seg] [--conf 0.3]
+    python tools/infer.py CHECKPOINT|MODEL.onnx --source SRC [--out DIR] [--tasks cls,det,seg] [--conf 0.3]
         [--imgsz N] [--batch N] [--device auto|cpu|cuda] [--half] [--flip] [--save-json] [--no-draw]
         [--show] [--track] [--track-buffer 30] [--max-frames N]
 
@@ -30,7 +30,8 @@ from visionmtl.cli import run, setup_logging  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint .pt written by the trainer (carries its config)")
+    p.add_argument("checkpoint", help="checkpoint .pt written by the trainer (carries its config), or a .onnx "
+                                      "file written by tools/export.py (runs in onnxruntime)")
     p.add_argument("--source", required=True, help="image, folder, glob, video, webcam index or stream URL")
     p.add_argument("--out", default="runs/infer", help="output folder")
     p.add_argument("--tasks", default=None, help="comma-separated task names (or head types) to run; default all")
@@ -88,8 +89,8 @@ def _run(args, source) -> dict:
     from visionmtl.inference.predictor import Predictor
     from visionmtl.inference.video import format_summary, run_video
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
-                                          imgsz=args.imgsz, half=args.half, flip=args.flip)
+    predictor = Predictor.load(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
+                               imgsz=args.imgsz, half=args.half, flip=args.flip)
     if predictor.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     info = source.info

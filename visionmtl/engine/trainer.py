@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from .. import __version__
 from ..config import Config, save_config
 from ..data.loader import build_dataset, build_loader
 from ..data.sampler import MultiDataset
@@ -332,6 +333,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "classes": {n: list(t.classes) for n, t in self.cfg.tasks.items()},
+            "version": __version__,
         }
 
     def save(self, name: str) -> None:

@@ -31,9 +31,10 @@ from ..config import Config, ConfigError
 from ..data.base import read_image
 from ..engine.checkpoint import load_trained
 from ..engine.runtime import pick_amp, pick_device
-from ..models.multitask import given_results, predict_order
+from ..models.graph import decode_outputs, graph_outputs
 from ..models.tta import merge_flip
 from ..tasks import spec
+from .onnx_model import OnnxModel
 
 __all__ = ["PreparedBatch", "Predictor", "parse_tasks", "to_rgb_uint8"]
 
@@ -95,6 +96,10 @@ def to_rgb_uint8(img: np.ndarray, what: str = "image") -> np.ndarray:
     raise ValueError(f"{what}: expected an HxWx3 RGB array, got shape {img.shape}")
 
 
+class GraphOut(dict):
+    """Graph outputs ``{task: {key: Tensor}}`` of a batch (an exported model's, already decoded in graph)."""
+
+
 class FlipRaw(dict):
     """Raw head outputs ``{task: raw}`` of a batch, with those of its mirror (flip TTA)."""
 
@@ -126,7 +131,8 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg: Config, device: Union[str, torch.device] = "cpu",
                  tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3, imgsz: Optional[int] = None,
                  half: bool = False, channels_last: bool = True, batch_size: int = 8,
-                 flip: Optional[bool] = None) -> None:
+                 flip: Optional[bool] = None, onnx: Optional[OnnxModel] = None) -> None:
+        self.onnx = onnx
         self.device = torch.device(device)
         self.cfg = cfg
         self.task_names = parse_tasks(tasks, cfg)
@@ -134,9 +140,11 @@ class Predictor:
         if not 0.0 <= conf <= 1.0:
             raise ConfigError(f"--conf must be in [0, 1], got {conf}")
         self.conf = float(conf)
-        self.imgsz = int(imgsz or cfg.data.eval_size)
+        self.imgsz = int(imgsz or (onnx.imgsz if onnx is not None else cfg.data.eval_size))
         if self.imgsz < 32:
             raise ConfigError(f"--imgsz must be at least 32, got {self.imgsz}")
+        if onnx is not None:
+            self._check_onnx(onnx, half, flip)
         self.batch_size = max(1, int(batch_size))
         self.flip = bool(cfg.data.eval_flip if flip is None else flip)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -151,7 +159,44 @@ class Predictor:
         self.fill = np.array([int(round(255 * m)) for m in aug.mean], np.uint8)
         self.pin = self.device.type == "cuda"
 
+    def _check_onnx(self, onnx: OnnxModel, half: bool, flip: Optional[bool]) -> None:
+        if self.device.type != "cpu":
+            raise ConfigError(f"--device {self.device}: an ONNX model runs on the CPU (onnxruntime's CPU provider)")
+        if half:
+            raise ConfigError(f"--half: {onnx.path} runs in the precision it was exported in ({onnx.precision})")
+        if flip:
+            raise ConfigError("--flip: flip test-time augmentation needs the PyTorch model (a checkpoint)")
+        self.flip = False
+        missing = [t for t in self.task_names if t not in onnx.tasks]
+        if missing:
+            raise ConfigError(f"--tasks: {onnx.path} was exported without {', '.join(missing)}; it has "
+                              f"{', '.join(onnx.tasks)}")
+        onnx.check_input(self.imgsz, self.imgsz)
+
     # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, path: Union[str, os.PathLike], tasks: Optional[Union[str, Sequence[str]]] = None,
+                  conf: float = 0.3, imgsz: Optional[int] = None, threads: Optional[int] = None,
+                  **kwargs: Any) -> "Predictor":
+        """An onnxruntime predictor for a file ``tools/export.py`` wrote: the same pre- and
+        post-processing as :meth:`from_checkpoint`, the network and in-graph decoding in ONNX.
+
+        Raises:
+            CheckpointError: missing, unreadable or truncated file, or no visionmtl metadata.
+            ConfigError: a task the file lacks, an input size it cannot take, ``half``/``flip``.
+        """
+        device = kwargs.pop("device", "cpu")
+        if str(device) not in ("auto", "cpu"):
+            raise ConfigError(f"--device {device}: an ONNX model runs on the CPU (onnxruntime's CPU provider)")
+        model = OnnxModel(path, threads)
+        return cls(model.skeleton, model.cfg, "cpu", tasks=tasks, conf=conf, imgsz=imgsz, channels_last=False,
+                   onnx=model, **kwargs)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], **kwargs: Any) -> "Predictor":
+        """:meth:`from_onnx` for a ``.onnx`` file, else :meth:`from_checkpoint`."""
+        return cls.from_onnx(path, **kwargs) if str(path).lower().endswith(".onnx") else cls.from_checkpoint(path, **kwargs)
+
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
                         tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3,
@@ -171,6 +216,9 @@ class Predictor:
 
     def __repr__(self) -> str:
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        if self.onnx is not None:
+            return (f"Predictor(tasks={self.task_names}, onnxruntime {self.onnx.precision} "
+                    f"{os.path.basename(self.onnx.path)}, imgsz={self.imgsz}, conf={self.conf})")
         return (f"Predictor(tasks={self.task_names}, device={self.device}, imgsz={self.imgsz}, conf={self.conf}, "
                 f"precision={amp}{', flip' if self.flip else ''})")
 
@@ -216,8 +264,12 @@ class Predictor:
         return x.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def forward(self, batch: PreparedBatch) -> dict[str, dict[str, torch.Tensor]]:
-        """Raw head outputs of the selected tasks for a prepared batch."""
+    def forward(self, batch: PreparedBatch, min_score: Optional[float] = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Raw head outputs of the selected tasks for a prepared batch; for an ONNX model its graph
+        outputs, decoded inside at detection threshold ``min_score`` (default ``conf``)."""
+        if self.onnx is not None:
+            thr = self.conf if min_score is None else float(min_score)
+            return GraphOut(self.onnx.run(batch.images.numpy(), batch.input_sizes, thr, self.task_names))
         return self.run_model(self.normalize(batch.images))
 
     @torch.inference_mode()
@@ -242,31 +294,21 @@ class Predictor:
             min_score: detection score threshold (default ``conf``).
         """
         thr = self.conf if min_score is None else float(min_score)
-        results: list[dict] = [{} for _ in range(len(batch))]
-        merged = None
         if isinstance(raw, FlipRaw):  # detection candidates below thr never reach NMS
-            merged = merge_flip(self.model.heads, raw, raw.mirror, raw.width, batch.input_sizes, batch.orig_sizes,
-                                min_score=thr, types={n: t.type for n, t in self.tasks.items()})
-        decoded: list[dict] = [{} for _ in range(len(batch))]
-        for name in predict_order(self.model.heads, self.task_names):
-            task = self.tasks[name]
-            kind = spec(task)
-            if merged is not None:
-                preds = [m[name] for m in merged]
-            else:  # detection candidates below thr never reach NMS
-                head = self.model.heads[name]
-                preds = kind.predict(head, raw[name], batch.input_sizes, batch.orig_sizes, min_score=thr,
-                                     **given_results(head, decoded))
-            for i, p in enumerate(preds):
-                decoded[i][name] = p
-                results[i][name] = kind.to_numpy(task, p, thr)
-        return results
+            decoded = merge_flip(self.model.heads, raw, raw.mirror, raw.width, batch.input_sizes, batch.orig_sizes,
+                                 min_score=thr, types={n: t.type for n, t in self.tasks.items()})
+        else:
+            if not isinstance(raw, GraphOut):  # the exported graph's part, run here by PyTorch
+                sizes = torch.as_tensor(batch.input_sizes, dtype=torch.int64)
+                raw = graph_outputs(self.model, raw, sizes, min_score=thr)
+            decoded = decode_outputs(self.model.heads, raw, batch.input_sizes, batch.orig_sizes, min_score=thr)
+        return [{n: spec(self.tasks[n]).to_numpy(self.tasks[n], d[n], thr) for n in self.task_names} for d in decoded]
 
     # ----------------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[np.ndarray], min_score: Optional[float] = None) -> list[dict]:
         """prepare -> forward -> postprocess for RGB uint8 arrays, one pass."""
         batch = self.prepare(images)
-        return self.postprocess(self.forward(batch), batch, min_score)
+        return self.postprocess(self.forward(batch, min_score), batch, min_score)
 
     def __call__(self, images: Union[ImageLike, Sequence[ImageLike]]) -> Union[dict, list[dict]]:
         """Predict one image (array or path) -> result, or a list of them -> list of results.

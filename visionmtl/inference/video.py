@@ -156,9 +156,11 @@ class _ModelWorker(_Stage):
     ``wait_output`` the time it waited for the consumer (both ~0 when the model is the bottleneck).
     """
 
-    def __init__(self, reader: _Reader, predictor: Predictor, timer: StageTimer, maxsize: int) -> None:
+    def __init__(self, reader: _Reader, predictor: Predictor, timer: StageTimer, maxsize: int,
+                 min_score: Optional[float] = None) -> None:
         super().__init__("visionmtl-model", maxsize)
         self.reader, self.predictor, self.timer = reader, predictor, timer
+        self.min_score = min_score  # an ONNX graph's detection threshold (its NMS runs inside)
 
     def produce(self) -> None:
         p = self.predictor
@@ -173,10 +175,11 @@ class _ModelWorker(_Stage):
                 return
             frames, prepared = item
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                x = p.normalize(prepared.images)
+            if p.onnx is None:
+                with torch.inference_mode():
+                    x = p.normalize(prepared.images)
             t1 = time.perf_counter()
-            raw = p.run_model(x)
+            raw = p.forward(prepared, self.min_score) if p.onnx is not None else p.run_model(x)
             _sync(p.device)
             t2 = time.perf_counter()
             self.timer.add("preprocess", t1 - t0)
@@ -214,7 +217,7 @@ def predict_stream(predictor: Predictor, source: Any, batch: int = 1, max_frames
     followers = followers_of(predictor) if track else {}
     min_score = min(0.1, predictor.conf) if trackers else None
     reader = _Reader(src, predictor, batch, max_frames, timer, maxsize=max(2, queue_size or 4))
-    worker = _ModelWorker(reader, predictor, timer, maxsize=2)
+    worker = _ModelWorker(reader, predictor, timer, maxsize=2, min_score=min_score)
     reader.start()
     worker.start()
     try:
@@ -378,7 +381,9 @@ def run_video(predictor: Predictor, source: Any, out_dir: Optional[str | os.Path
                    "frame_count": info.frame_count},
         "outputs": writer.outputs() if writer is not None else {},
         "device": str(predictor.device),
-        "precision": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "fp32",
+        "precision": (predictor.onnx.precision if predictor.onnx is not None
+                      else str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "fp32"),
+        "backend": "onnxruntime" if predictor.onnx is not None else "torch",
         "imgsz": predictor.imgsz,
         "tasks": list(predictor.task_names),
         "draw": bool(draw_files),
@@ -432,11 +437,14 @@ def model_only_fps(predictor: Predictor, frames: Sequence[np.ndarray], batch: in
         group = [frames[(k * batch + j) % len(frames)] for j in range(batch)]
         pb = predictor.prepare(group)
         prepared.append(pb)
-        tensors.append(predictor.normalize(pb.images))
+        tensors.append(predictor.normalize(pb.images) if predictor.onnx is None else pb.images)
     iters = n_batches if iters is None else max(1, int(iters))
 
     def step(k: int) -> None:
-        raw = predictor.run_model(tensors[k % n_batches])
+        if predictor.onnx is not None:  # the graph normalises and decodes inside
+            raw = predictor.forward(prepared[k % n_batches])
+        else:
+            raw = predictor.run_model(tensors[k % n_batches])
         if postprocess:
             predictor.postprocess(raw, prepared[k % n_batches])
 

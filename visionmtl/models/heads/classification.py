@@ -124,6 +124,8 @@ class ClassificationHead(nn.Module):
         scores = [self.mlp(self.proj[lv](features[lv])).flatten(2) for lv in self.levels]
         s = torch.cat(scores, dim=2).float()  # [B, C, positions]
         r = self.lse_r
+        if torch.compiler.is_exporting():  # a symbolic position count stays in the graph
+            return (torch.logsumexp(r * s, dim=2) - torch.log(s.new_ones(()) * s.shape[2])) / r
         return (torch.logsumexp(r * s, dim=2) - math.log(s.shape[2])) / r
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -196,10 +198,18 @@ class ClassificationHead(nn.Module):
             same ``[C]`` probabilities) and ``labels`` int64: multi-label -> ids with
             ``prob >= threshold`` sorted by decreasing probability; multi-class -> ``[1]`` argmax.
         """
+        return self.host_results(self.graph_outputs(raw), image_sizes, orig_sizes)
+
+    def graph_outputs(self, raw: Mapping[str, Tensor], sizes=None, min_score=None, given=None) -> dict[str, Tensor]:
+        """The exported part: ``probs`` float32 ``[B, C]`` (sigmoid or softmax)."""
         logits = raw["logits"].float()
-        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        return {"probs": torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)}
+
+    def host_results(self, out: Mapping[str, Tensor], image_sizes, orig_sizes=None, min_score=None,
+                     given=None) -> list[dict[str, Tensor]]:
+        """Per-image results from :meth:`graph_outputs` (see :meth:`predict`)."""
         results = []
-        for p in probs:
+        for p in out["probs"].float():
             if self.multilabel:
                 order = torch.argsort(p, descending=True)
                 labels = order[p[order] >= self.threshold]

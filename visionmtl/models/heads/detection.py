@@ -20,13 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import (
-    batched_nms,
-    clip_boxes_to_image,
-    generalized_box_iou_loss,
-    remove_small_boxes,
-    sigmoid_focal_loss,
-)
+from torchvision.ops import clip_boxes_to_image, generalized_box_iou_loss, nms, sigmoid_focal_loss
 
 from .common import group_norm, hw_list, rescale_boxes
 
@@ -175,8 +169,10 @@ class DetectionHead(nn.Module):
             float32 ``[sum h*w, 2]`` as ``(x, y)`` in input pixels, level-major, row-major inside
             a level (matches ``feature.flatten(2)``).
         """
-        key = (tuple(tuple(int(v) for v in s) for s in shapes), str(device), torch.is_inference_mode_enabled())
-        cached = self._points_cache.get(key)
+        exporting = torch.compiler.is_exporting()  # symbolic sizes: no int(), no cache
+        key = None if exporting else (tuple(tuple(int(v) for v in s) for s in shapes), str(device),
+                                      torch.is_inference_mode_enabled())
+        cached = self._points_cache.get(key) if key else None
         if cached is not None:
             return cached
         pts = []
@@ -186,6 +182,8 @@ class DetectionHead(nn.Module):
             yy, xx = torch.meshgrid(ys, xs, indexing="ij")
             pts.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
         out = torch.cat(pts, dim=0)
+        if exporting:
+            return out
         if len(self._points_cache) > 32:
             self._points_cache.clear()
         self._points_cache[key] = out
@@ -220,7 +218,9 @@ class DetectionHead(nn.Module):
             "cls_logits": torch.cat(cls_out, dim=1),
             "box_regression": torch.cat(box_out, dim=1),
             "points": self.points(shapes, device),
-            "level_sizes": torch.tensor([h * w for h, w in shapes], dtype=torch.int64),
+            # a list of (symbolic) ints while torch.export traces the model
+            "level_sizes": ([h * w for h, w in shapes] if torch.compiler.is_exporting()
+                            else torch.tensor([h * w for h, w in shapes], dtype=torch.int64)),
         }
         if ctr_out:
             raw["centerness"] = torch.cat(ctr_out, dim=1)
@@ -384,7 +384,7 @@ class DetectionHead(nn.Module):
         orig_sizes: Sequence | Tensor | None = None,
         min_score: float | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Decode detections per image.
+        """Decode detections per image: :meth:`graph_outputs` then :meth:`host_results`.
 
         Args:
             raw: output of :meth:`forward`.
@@ -400,45 +400,92 @@ class DetectionHead(nn.Module):
             One dict per image: ``boxes`` float32 ``[K, 4]`` xyxy, ``scores`` float32 ``[K]``,
             ``labels`` int64 ``[K]``, ``K <= max_det``, sorted by decreasing score.
         """
+        b = raw["cls_logits"].shape[0]
+        sizes = torch.as_tensor(hw_list(image_sizes, b), dtype=torch.int64)
+        return self.host_results(self.graph_outputs(raw, sizes, min_score), image_sizes, orig_sizes)
+
+    def graph_outputs(self, raw: Mapping[str, Tensor], sizes: Tensor, min_score: float | None = None,
+                      given: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The part of decoding an exported graph holds (traceable by ``torch.export``): scores,
+        boxes in input pixels, per-level top-k candidates, clipping, class-wise NMS and
+        ``max_det`` per image, for the whole batch at once.
+
+        Per image and level the candidates are the ``topk_candidates`` best (point, class) scores
+        above the threshold (``score_thresh``, or ``min_score`` when higher: a float, or a tensor
+        when it is a graph input); boxes are clipped to
+        the image's valid region ``sizes`` (int64 ``[B, 2]`` as ``(h, w)``), those under 0.01 px
+        dropped, and NMS runs per image and class (each class shifted along x, each image along
+        y, so that no two groups overlap).
+
+        Returns (flat over the batch, each image's rows by decreasing score):
+            ``boxes`` float32 ``[K, 4]`` input pixels, ``scores`` ``[K]``, ``labels`` int64 ``[K]``,
+            ``batch`` int64 ``[K]`` (the image index).
+        """
         cls = raw["cls_logits"].float()
         reg = raw["box_regression"].float()
         points = raw["points"]
-        level_sizes = raw["level_sizes"].tolist()
+        level_sizes = raw["level_sizes"]
+        if isinstance(level_sizes, Tensor):
+            level_sizes = level_sizes.tolist()
         b, _, c = cls.shape
         prob = torch.sigmoid(cls)
         if "centerness" in raw:
             prob = (prob * torch.sigmoid(raw["centerness"].float())[..., None]).sqrt()
-        sizes = hw_list(image_sizes, b)
-        origs = hw_list(orig_sizes, b)
-        thresh, above = self.score_thresh, torch.gt
-        if min_score is not None and float(min_score) > thresh:  # as the caller filters: score >= min_score
-            thresh, above = float(min_score), torch.ge
+        vals, idxs, start = [], [], 0
+        for n in level_sizes:
+            flat = prob[:, start: start + n].reshape(b, -1)  # [B, n * C]
+            v, i = flat.topk(min(self.topk_candidates, n * c), dim=1)
+            vals.append(v)
+            idxs.append(i + start * c)
+            start += n
+        scores, idx = torch.cat(vals, 1), torch.cat(idxs, 1)  # [B, k]
+        point = torch.div(idx, c, rounding_mode="floor")
+        labels = idx - point * c
+        boxes = torch.cat([points[None] - reg[..., :2], points[None] + reg[..., 2:]], dim=-1)  # [B, N, 4]
+        boxes = torch.gather(boxes, 1, point[..., None].expand(-1, -1, 4))
+        hw = sizes.to(boxes.device, torch.float32)
+        limit = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)[:, None]  # [B, 1, 4]
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        keep = self._above(scores, min_score) & (wh >= 1e-2).all(-1)
+        bi, ci = keep.nonzero(as_tuple=True)
+        boxes, scores, labels = boxes[bi, ci], scores[bi, ci], labels[bi, ci]
+        span = hw.max() + 1  # boxes lie in [0, span): shifted groups never overlap
+        shift = torch.stack([labels * span, bi * span, labels * span, bi * span], dim=1)
+        keep = nms(boxes + shift, scores, self.nms_thresh)  # by decreasing score
+        bi = bi[keep]
+        first = bi[:, None] == torch.arange(b, device=bi.device)[None]  # [K, B]
+        rank = (first.cumsum(0) * first).sum(1) - 1  # position among its image's detections
+        keep = keep[rank < self.max_det]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "batch": bi[rank < self.max_det]}
+
+    def _above(self, scores: Tensor, min_score: float | Tensor | None) -> Tensor:
+        """Candidates kept: ``score > score_thresh``, or ``score >= min_score`` when that is higher
+        (as the caller filters); ``min_score`` may be a graph input (a 0-d or ``[1]`` tensor)."""
+        if isinstance(min_score, Tensor):
+            m = min_score.to(scores.dtype).reshape(())
+            higher = m > self.score_thresh
+            return (higher & (scores >= m)) | (~higher & (scores > self.score_thresh))
+        if min_score is not None and float(min_score) > self.score_thresh:
+            return scores >= float(min_score)
+        return scores > self.score_thresh
+
+    def host_results(self, out: Mapping[str, Tensor], image_sizes: Sequence | Tensor,
+                     orig_sizes: Sequence | Tensor | None = None, min_score: float | None = None,
+                     given: Sequence[Mapping] | None = None) -> list[dict[str, Tensor]]:
+        """Per-image detections from :meth:`graph_outputs` (or an exported graph's): the rows of
+        each image at ``score >= min_score``, boxes rescaled to ``orig_sizes`` and clipped."""
+        n = len(image_sizes)
+        sizes, origs = hw_list(image_sizes, n), hw_list(orig_sizes, n)
+        batch, scores = out["batch"], out["scores"].float()
         results = []
-        for i in range(b):
-            boxes_l, scores_l, labels_l = [], [], []
-            start = 0
-            for n in level_sizes:
-                flat = prob[i, start : start + n].reshape(-1)
-                cand = above(flat, thresh).nonzero().squeeze(1)
-                if cand.numel() > self.topk_candidates:
-                    top = flat[cand].topk(self.topk_candidates).indices
-                    cand = cand[top]
-                p_idx = torch.div(cand, c, rounding_mode="floor") + start
-                boxes_l.append(self._decode(points[p_idx], reg[i, p_idx]))
-                scores_l.append(flat[cand])
-                labels_l.append(cand % c)
-                start += n
-            boxes = torch.cat(boxes_l)
-            scores = torch.cat(scores_l)
-            labels = torch.cat(labels_l)
-            h, w = sizes[i]
-            boxes = clip_boxes_to_image(boxes, (h, w))
-            keep = remove_small_boxes(boxes, 1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.max_det]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        for i in range(n):
+            sel = batch == i
+            if min_score is not None:
+                sel &= scores >= float(min_score)
+            boxes = out["boxes"][sel].float()
             if origs is not None:
                 oh, ow = origs[i]
-                boxes = clip_boxes_to_image(rescale_boxes(boxes, (h, w), (oh, ow)), (oh, ow))
-            results.append({"boxes": boxes.float(), "scores": scores.float(), "labels": labels.to(torch.int64)})
+                boxes = clip_boxes_to_image(rescale_boxes(boxes, sizes[i], (oh, ow)), (oh, ow))
+            results.append({"boxes": boxes, "scores": scores[sel], "labels": out["labels"][sel].to(torch.int64)})
         return results

@@ -7,7 +7,7 @@ same box (binary cross-entropy, as Mask R-CNN) and prediction pastes back into t
 pasted with the same pixel-centre convention (detectron2's), so a mask that fills its box
 comes back filling exactly that box:
 
-* ``kind="roi"`` (Mask R-CNN, He et al. 2017): :class:`torchvision.ops.MultiScaleRoIAlign`
+* ``kind="roi"`` (Mask R-CNN, He et al. 2017): ``roi_align`` with MultiScaleRoIAlign's level choice
   pools ``roi_size`` x ``roi_size`` features of each box from the FPN level its size selects
   (the canonical 224 px box on level 4), ``num_convs`` 3x3 convs, a 2x transposed conv and a
   1x1 classifier. The FCN runs on the boxes, so it runs in :meth:`loss` and :meth:`predict`;
@@ -26,13 +26,15 @@ its box, data/transforms.py); prediction pools on the boxes of the detection tas
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from contextlib import nullcontext
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import roi_align
+from torchvision.ops.poolers import LevelMapper
 
 from .common import group_norm, hw_list, rescale_boxes
 
@@ -76,7 +78,10 @@ class InstanceHead(nn.Module):
         self.class_agnostic = bool(class_agnostic) or kind == "proto"
         out = 1 if self.class_agnostic else self.num_classes
         pool = int(roi_size) if kind == "roi" else 7
-        self.pooler = MultiScaleRoIAlign(self.levels, output_size=pool, sampling_ratio=int(sampling_ratio))
+        self.pool_size, self.sampling_ratio = pool, int(sampling_ratio)
+        # MultiScaleRoIAlign's level choice (FPN eq. 1: the canonical 224 px box on level 4)
+        lo, hi = (int(math.log2(s)) for s in (self.strides[0], self.strides[-1]))
+        self.mapper = LevelMapper(lo, hi)
         if kind == "roi":
             convs, c = [], in_channels
             for _ in range(num_convs):
@@ -111,27 +116,50 @@ class InstanceHead(nn.Module):
             raw["protos"] = self.proto(features[self.levels[0]])
         return raw
 
-    def _box_logits(self, raw: Mapping[str, Tensor], boxes: list[Tensor], labels: Tensor,
-                    image_shape: tuple[int, int]) -> Tensor:
-        """Mask logits ``[R, M, M]`` of every box (``boxes``: per image, input pixels; ``labels`` ``[R]``)."""
+    def _pool(self, feats: Mapping[str, Tensor], rois: Tensor) -> Tensor:
+        """``pool_size`` x ``pool_size`` features of each RoI (``[R, 5]``: image index, xyxy input
+        pixels) from the level its size selects, as :class:`torchvision.ops.MultiScaleRoIAlign`
+        (``roi_align``, ``aligned=False``). While ``torch.export`` traces, every level pools every
+        RoI and a ``where`` keeps the right one (static shapes; the same values)."""
+        level = self.mapper([rois[:, 1:]]) if len(self.levels) > 1 else None
+        first = feats[self.levels[0]]
+        out = first.new_zeros((rois.shape[0], first.shape[1], self.pool_size, self.pool_size))
+        for i, (lv, stride) in enumerate(zip(self.levels, self.strides)):
+            if level is None:
+                return roi_align(feats[lv], rois, self.pool_size, 1.0 / stride, self.sampling_ratio)
+            if torch.compiler.is_exporting():
+                pooled = roi_align(feats[lv], rois, self.pool_size, 1.0 / stride, self.sampling_ratio)
+                out = torch.where((level == i)[:, None, None, None], pooled, out)
+            else:
+                idx = torch.where(level == i)[0]
+                out[idx] = roi_align(feats[lv], rois[idx], self.pool_size, 1.0 / stride, self.sampling_ratio)
+        return out
+
+    def _roi_logits(self, raw: Mapping[str, Tensor], rois: Tensor, labels: Tensor) -> Tensor:
+        """Mask logits ``[R, M, M]`` of every RoI (``rois`` ``[R, 5]``, ``labels`` ``[R]``)."""
         # pooling in fp32 (RoIAlign has no bf16 kernel on every device); the mask FCN in the
         # precision the features came in (the step's autocast ended before the loss)
         low = raw[self.levels[0]].dtype
-        feats = OrderedDict((lv, raw[lv].float()) for lv in self.levels)
-        boxes = [b.float() for b in boxes]
-        pooled = self.pooler(feats, boxes, [image_shape] * len(boxes))
-        dev = pooled.device.type
-        with torch.autocast(dev, dtype=low, enabled=low in (torch.bfloat16, torch.float16)):
+        feats = {lv: raw[lv].float() for lv in self.levels}
+        rois = rois.float()
+        pooled = self._pool(feats, rois)
+        lowp = low in (torch.bfloat16, torch.float16)
+        with torch.autocast(pooled.device.type, dtype=low) if lowp else nullcontext():
             if self.kind == "roi":
                 x = self.logits(F.relu(self.up(self.fcn(pooled)))).float()
                 if self.class_agnostic:
                     return x[:, 0]
-                return x[torch.arange(len(x), device=x.device), labels]
+                m = self.mask_size
+                return x.gather(1, labels.to(torch.int64).view(-1, 1, 1, 1).expand(-1, 1, m, m))[:, 0]
             coeff = self.coeff(pooled).float()  # [R, K]
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
         protos = roi_align(raw["protos"].float(), rois, self.mask_size, 1.0 / self.proto_stride,
                            sampling_ratio=2, aligned=True)  # [R, K, M, M]
         return torch.einsum("rk,rkhw->rhw", coeff, protos)
+
+    @staticmethod
+    def _rois(boxes: Sequence[Tensor]) -> Tensor:
+        """Per-image boxes -> ``[R, 5]`` RoIs (image index first), in image order."""
+        return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b.float()], 1) for i, b in enumerate(boxes)])
 
     # ------------------------------------------------------------------ loss
     def loss(self, raw: Mapping[str, Tensor], targets: Sequence[Mapping], has: Tensor) -> dict[str, Tensor]:
@@ -150,8 +178,7 @@ class InstanceHead(nn.Module):
                 boxes.append(feat.new_zeros((0, 4), dtype=torch.float32))
         if not labels:
             return {"mask": zero}
-        h, w = (s * self.strides[0] for s in feat.shape[-2:])
-        logits = self._box_logits(raw, boxes, torch.cat(labels), (h, w))
+        logits = self._roi_logits(raw, self._rois(boxes), torch.cat(labels))
         target = torch.cat(masks).to(logits.dtype)
         return {"mask": F.binary_cross_entropy_with_logits(logits, target) + zero}
 
@@ -171,23 +198,52 @@ class InstanceHead(nn.Module):
         n = len(given)
         sizes, origs = hw_list(image_sizes, n), hw_list(orig_sizes, n)
         feat = raw[self.levels[0]]
-        canvas = tuple(s * self.strides[0] for s in feat.shape[-2:])
         boxes_in = []
         for i, det in enumerate(given):
             b = det["boxes"].to(feat.device, torch.float32)
             boxes_in.append(rescale_boxes(b, origs[i], sizes[i]) if origs is not None else b)
         labels = torch.cat([d["labels"].to(feat.device) for d in given]) if n else feat.new_zeros(0, dtype=torch.long)
-        probs = self._box_logits(raw, boxes_in, labels, canvas).sigmoid() if len(labels) else None
-        out, start = [], 0
+        probs = self._roi_logits(raw, self._rois(boxes_in), labels).sigmoid() if len(labels) else None
+        counts = [len(d["boxes"]) for d in given]
+        parts = list(probs.split(counts)) if probs is not None else [None] * n
+        return self._pasted(parts, given, sizes, origs)
+
+    def graph_outputs(self, raw: Mapping[str, Tensor], sizes=None, min_score=None,
+                      given: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The exported part: ``masks`` float32 ``[K, M, M]``, the mask probabilities of the
+        detection task's graph outputs ``given`` (flat rows: ``boxes`` in input pixels, ``labels``,
+        ``batch``), with its ``batch`` and ``scores`` alongside, row for row."""
+        if given is None:
+            raise ValueError(f"task '{self.task}': instance masks need the detection task '{self.after}'")
+        rois = torch.cat([given["batch"].to(torch.float32)[:, None], given["boxes"].float()], dim=1)
+        probs = self._roi_logits(raw, rois, given["labels"]).sigmoid()
+        return {"masks": probs, "batch": given["batch"], "scores": given["scores"]}
+
+    def host_results(self, out: Mapping[str, Tensor], image_sizes, orig_sizes=None, min_score=None,
+                     given: Sequence[Mapping] | None = None) -> list[dict]:
+        """Per-image results from :meth:`graph_outputs`: each image's rows (at ``score >=
+        min_score``, the detection task's own selection) pasted into ``given``'s boxes (that
+        task's per-image results, the same rows in the same order)."""
+        n = len(image_sizes)
+        sizes, origs = hw_list(image_sizes, n), hw_list(orig_sizes, n)
+        parts = []
+        for i in range(n):
+            sel = out["batch"] == i
+            if min_score is not None:
+                sel &= out["scores"].float() >= float(min_score)
+            parts.append(out["masks"][sel].float())
+        return self._pasted(parts, given, sizes, origs)
+
+    def _pasted(self, parts: Sequence[Tensor | None], given: Sequence[Mapping], sizes, origs) -> list[dict]:
+        out = []
         for i, det in enumerate(given):
-            k = len(det["boxes"])
             size = origs[i] if origs is not None else sizes[i]
-            if k:
-                pasted = paste_masks(probs[start:start + k], det["boxes"].to(probs.device).float(), size)
+            probs = parts[i]
+            if probs is not None and len(probs):
+                pasted = paste_masks(probs, det["boxes"].to(probs.device).float(), size)
                 masks = (pasted >= self.mask_thresh).to(torch.uint8)
             else:
-                masks = torch.zeros((0, *size), dtype=torch.uint8, device=feat.device)
-            start += k
+                masks = torch.zeros((0, *size), dtype=torch.uint8, device=det["boxes"].device)
             out.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"], "masks": masks})
         return out
 

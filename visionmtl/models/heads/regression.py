@@ -123,6 +123,9 @@ class RegressionHead(nn.Module):
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Returns ``{"values": float [B, K]}`` in normalised units."""
+        if self.pool == "sum" and torch.compiler.is_exporting():  # the gradient scale is for training only
+            maps = [self.mlp(self.proj[lv](features[lv])).float() for lv in self.levels]
+            return {"values": torch.cat([m.flatten(2) for m in maps], dim=2).sum(2)}
         if self.pool == "sum":
             scale = 1.0 / sum(features[lv].shape[-2] * features[lv].shape[-1] for lv in self.levels)
             maps = [_GradScale.apply(self.mlp(self.proj[lv](features[lv])).float(), scale)
@@ -221,5 +224,12 @@ class RegressionHead(nn.Module):
     def predict(self, raw: Mapping[str, Tensor], image_sizes: Sequence | Tensor,
                 orig_sizes: Sequence | Tensor | None = None) -> list[dict[str, Tensor]]:
         """One dict per image: ``values`` float32 ``[K]`` in the targets' units."""
-        values = raw["values"].float() * self.std + self.mean
-        return [{"values": v} for v in values]
+        return self.host_results(self.graph_outputs(raw), image_sizes, orig_sizes)
+
+    def graph_outputs(self, raw: Mapping[str, Tensor], sizes=None, min_score=None, given=None) -> dict[str, Tensor]:
+        """The exported part: ``values`` float32 ``[B, K]`` in the targets' units."""
+        return {"values": raw["values"].float() * self.std + self.mean}
+
+    def host_results(self, out: Mapping[str, Tensor], image_sizes, orig_sizes=None, min_score=None,
+                     given=None) -> list[dict[str, Tensor]]:
+        return [{"values": v} for v in out["values"].float()]

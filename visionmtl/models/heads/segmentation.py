@@ -333,7 +333,16 @@ class SegmentationHead(nn.Module):
             One dict per image: ``{"mask": int64 [h, w]}`` (original size when given, else the
             input region size).
         """
-        logits = raw["logits"]
+        return self.host_results(self.graph_outputs(raw), image_sizes, orig_sizes)
+
+    def graph_outputs(self, raw: Mapping[str, Tensor], sizes=None, min_score=None, given=None) -> dict[str, Tensor]:
+        """The exported part: ``logits`` ``[B, C, H / out_stride, W / out_stride]``."""
+        return {"logits": raw["logits"].float()}
+
+    def host_results(self, out: Mapping[str, Tensor], image_sizes, orig_sizes=None, min_score=None,
+                     given=None) -> list[dict[str, Tensor]]:
+        """Per-image label maps from :meth:`graph_outputs` (see :meth:`predict`)."""
+        logits = out["logits"]
         b = logits.shape[0]
         s = self.out_stride
         sizes = hw_list(image_sizes, b)
