@@ -189,7 +189,7 @@ class Predictor:
         if str(device) not in ("auto", "cpu"):
             raise ConfigError(f"--device {device}: an ONNX model runs on the CPU (onnxruntime's CPU provider)")
         model = OnnxModel(path, threads)
-        return cls(model.skeleton, model.cfg, "cpu", tasks=tasks, conf=conf, imgsz=imgsz, channels_last=False,
+        return cls(model.skeleton, model.cfg, "cpu", tasks=model.tasks if tasks is None else tasks, conf=conf, imgsz=imgsz, channels_last=False,
                    onnx=model, **kwargs)
 
     @classmethod
