@@ -18,7 +18,6 @@ calibrated on ``--calib-images`` training images of ``--calib`` (default the che
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -89,8 +89,8 @@ def _run(args, source) -> dict:
     from visionmtl.inference.predictor import Predictor
     from visionmtl.inference.video import format_summary, run_video
 
-    predictor = Predictor.load(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
-                               imgsz=args.imgsz, half=args.half, flip=args.flip)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
+                                          imgsz=args.imgsz, half=args.half, flip=args.flip)
     if predictor.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     info = source.info

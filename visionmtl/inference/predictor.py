@@ -9,6 +9,11 @@ normalisation on the device, a channels-last forward under ``inference_mode`` an
 where it pays off) and :meth:`Predictor.postprocess` (head decoding, score filtering, numpy),
 so a pipeline can run them in different threads (see :mod:`visionmtl.inference.video`).
 
+``Predictor.from_onnx(path)`` (or ``from_checkpoint`` on a ``.onnx`` file) runs a
+``tools/export.py`` file in onnxruntime: the same ``prepare``; ``forward`` runs the graph (model,
+normalisation and the heads' ``graph_outputs`` inside); the same ``postprocess`` (the heads'
+``host_results``, :func:`visionmtl.models.graph.decode_outputs`).
+
 Results are one dict per image, ``{task: {...}}`` with numpy arrays in original pixels:
 detection ``boxes`` float32 [K,4] xyxy / ``scores`` [K] / ``labels`` int64 [K] (``score >= conf``),
 classification ``probs`` float32 [C] / ``scores`` (same) / ``labels`` int64, segmentation
@@ -193,11 +198,6 @@ class Predictor:
                    onnx=model, **kwargs)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], **kwargs: Any) -> "Predictor":
-        """:meth:`from_onnx` for a ``.onnx`` file, else :meth:`from_checkpoint`."""
-        return cls.from_onnx(path, **kwargs) if str(path).lower().endswith(".onnx") else cls.from_checkpoint(path, **kwargs)
-
-    @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
                         tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3,
                         imgsz: Optional[int] = None, half: bool = False, **kwargs: Any) -> "Predictor":
@@ -206,7 +206,11 @@ class Predictor:
         Raises:
             CheckpointError: missing, unreadable, no config, or weights that do not fit.
             ConfigError: an unavailable device or a task the checkpoint has no head for.
+
+        An ``.onnx`` file goes to :meth:`from_onnx`.
         """
+        if str(path).lower().endswith(".onnx"):
+            return cls.from_onnx(path, device=device, tasks=tasks, conf=conf, imgsz=imgsz, half=half, **kwargs)
         try:
             dev = pick_device(str(device))
         except RuntimeError as e:
