@@ -167,3 +167,53 @@ def test_detection_min_score_before_nms_equals_filtering_after(monkeypatch):
     low.eval()
     for a, b in zip(low.predict(raw, [(S, S)] * 2), low.predict(raw, [(S, S)] * 2, min_score=0.1)):
         assert torch.equal(a["scores"], b["scores"])
+
+
+def _per_image_reference(head, raw, sizes, min_score=None):
+    """The per-image decoding (threshold, per-level top-k, clip, small boxes, torchvision's
+    batched_nms, max_det) that the batched graph_outputs replaced."""
+    from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+    prob = (torch.sigmoid(raw["cls_logits"]) * torch.sigmoid(raw["centerness"])[..., None]).sqrt()
+    c = prob.shape[2]
+    thresh = max(head.score_thresh, min_score or 0.0)
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        boxes, scores, labels, start = [], [], [], 0
+        for n in raw["level_sizes"].tolist():
+            flat = prob[i, start:start + n].reshape(-1)
+            cand = (flat > thresh).nonzero().squeeze(1)
+            if cand.numel() > head.topk_candidates:
+                cand = cand[flat[cand].topk(head.topk_candidates).indices]
+            p = cand // c + start
+            reg = raw["box_regression"][i, p]
+            pts = raw["points"][p]
+            boxes.append(torch.cat([pts - reg[:, :2], pts + reg[:, 2:]], 1))
+            scores.append(flat[cand])
+            labels.append(cand % c)
+            start += n
+        b, s, l = clip_boxes_to_image(torch.cat(boxes), (h, w)), torch.cat(scores), torch.cat(labels)
+        keep = remove_small_boxes(b, 1e-2)
+        b, s, l = b[keep], s[keep], l[keep]
+        keep = batched_nms(b, s, l, head.nms_thresh)[: head.max_det]
+        out.append((b[keep], s[keep], l[keep]))
+    return out
+
+
+def test_batched_decoding_equals_the_per_image_reference():
+    """graph_outputs decodes the whole batch at once (top-k before the threshold, one NMS with
+    class and image offsets, max_det by rank): the per-image algorithm's detections, image by image."""
+    head = _det_head(score_thresh=0.05, max_det=30, topk_candidates=40)
+    head.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        raw = head(_det_features(3, S))
+    sizes = [(S, S), (S, 40), (30, S)]
+    prob = (torch.sigmoid(raw["cls_logits"]) * torch.sigmoid(raw["centerness"])[..., None]).sqrt()
+    for min_score in (None, float(prob.quantile(0.9))):
+        got = head.predict(raw, sizes, min_score=min_score)
+        for g, (b, s, l) in zip(got, _per_image_reference(head, raw, sizes, min_score)):
+            assert len(g["boxes"]) == len(b) > 0
+            torch.testing.assert_close(g["boxes"], b)
+            torch.testing.assert_close(g["scores"], s)
+            assert torch.equal(g["labels"], l)
