@@ -64,13 +64,14 @@ def _images(shapes_dir, n=8):
 
 
 def _check(ckpt, onnx_path, images, conf=0.05, batch=2):
-    pt = Predictor.from_checkpoint(ckpt, device="cpu", conf=conf, flip=False, batch_size=batch,
-                                   tasks=Predictor.from_onnx(onnx_path).task_names)
     ox = Predictor.from_onnx(onnx_path, conf=conf, batch_size=batch)
+    pt = Predictor.from_checkpoint(ckpt, device="cpu", conf=conf, flip=False, batch_size=batch, tasks=ox.task_names)
     return compare_results(pt(images), ox(images))
 
 
-COMBOS = ["cls", "det", "seg", "cls,det", "cls,seg", "det,seg", "det,inst", "cls,det,seg,inst"]
+# every combination of cls, det and seg, and the instance task on its detector; the four heads
+# together are test_dynamic_batch_and_size_with_metadata's model
+COMBOS = ["cls", "det", "seg", "cls,det", "cls,seg", "det,seg", "cls,det,seg", "det,inst"]
 
 
 @pytest.mark.parametrize("tasks", COMBOS)
@@ -90,6 +91,29 @@ def test_every_head_combination_exports_with_parity(ckpt, shapes_dir, tmp_path, 
         assert r["seg_pixels"] == 5 * 64 * 64
 
 
+def test_regression_head_exports_with_its_normalisation(shapes_dir, tmp_path):
+    """A regression head (a density summed over P3-P5, de-normalised by its mean/std buffers): the
+    values come from the graph, so the host side needs no weights."""
+    tree = tiny_cfg(shapes_dir, tmp_path, tasks=("cls",)).to_dict()
+    tree["model"]["backbone"].update(fpn_channels=16, num_stages=3)
+    tree["tasks"]["cls"]["head"] = {"levels": ["p4", "p5"], "pool": "lse"}
+    tree["tasks"]["count"] = {"type": "regression", "targets": ["n_shapes"], "mean": [4.0], "std": [2.5],
+                              "head": {"levels": ["p3", "p4", "p5"], "pool": "sum"}}
+    cfg = config_from_dict(tree)
+    torch.manual_seed(1)
+    model = build_model(cfg).eval()
+    path = tmp_path / "reg.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "version": __version__}, path)
+    out = export_onnx(path, tmp_path / "reg.onnx", imgsz=64, dynamic=True)
+    assert max(out["max_abs_diff"].values()) <= 1e-4, out["max_abs_diff"]
+    images = _images(shapes_dir, 4)
+    pt = Predictor.from_checkpoint(path, device="cpu", flip=False, batch_size=2)(images)
+    ox = Predictor.from_onnx(out["path"], batch_size=2)(images)
+    r = compare_results(pt, ox)
+    assert r["same"] and r["values_max_diff"] < 1e-4, r
+    assert abs(float(np.mean([x["count"]["values"][0] for x in ox])) - 4.0) < 3.0  # de-normalised around the mean
+
+
 def test_dynamic_batch_and_size_with_metadata(ckpt, shapes_dir, tmp_path):
     """One dynamic graph takes any batch and any multiple of the stride; the file describes itself."""
     out = export_onnx(ckpt, tmp_path / "d.onnx", imgsz=64, dynamic=True)
@@ -98,15 +122,14 @@ def test_dynamic_batch_and_size_with_metadata(ckpt, shapes_dir, tmp_path):
     assert meta["visionmtl.version"] == __version__ and meta["visionmtl.batch"] == "dynamic"
     assert '"det": ["circle", "square", "triangle", "star"]' in meta["visionmtl.classes"]
     assert meta["visionmtl.precision"] == "fp32" and "det.boxes" in meta["visionmtl.outputs"]
-    images = _images(shapes_dir, 7)
-    for batch in (1, 3):
-        r = _check(ckpt, out["path"], images, batch=batch)
-        assert r["same"] and r["boxes"] > 100 and r["masks"] > 100, r
-    # a larger input (96 px) through the same file, PyTorch at the same size
-    pt = Predictor.from_checkpoint(ckpt, device="cpu", conf=0.05, flip=False, imgsz=96)
-    ox = Predictor.from_onnx(out["path"], conf=0.05, imgsz=96)
-    r = compare_results(pt(images[:2]), ox(images[:2]))
-    assert r["same"] and r["seg_pixels"] == 2 * 64 * 64, r
+    images = _images(shapes_dir, 4)
+    ox = Predictor.from_onnx(out["path"], conf=0.05)
+    pt = Predictor.from_checkpoint(ckpt, device="cpu", conf=0.05, flip=False)
+    for batch, imgsz in ((1, 64), (3, 64), (2, 96)):  # 96 px: a larger input through the same file
+        for p in (ox, pt):
+            p.batch_size, p.imgsz = batch, imgsz
+        r = compare_results(pt(images), ox(images))
+        assert r["same"] and r["boxes"] > 100 and r["masks"] > 100 and r["seg_pixels"] == 4 * 64 * 64, r
 
 
 def test_onnx_video_with_tracking_and_cli(ckpt, shapes_dir, tmp_path, capsys):
