@@ -237,8 +237,13 @@ def test_checkpoint_faults(capsys, tmp_path, ckpt):
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {}, "obj": Path("x")}, pickled)  # a class instance: not weights-only loadable
+    config = tmp_path / "run.yaml"
+    config.write_text("tasks: {}\n")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[:2000])
     cases = [(tmp_path / "none.pt", ["none.pt", "not found"]), (empty, ["empty.pt", "empty"]),
-             (garbage, ["garbage.pt", "cannot read"]), (pickled, ["pickled.pt", "pickled Python objects"])]
+             (garbage, ["garbage.pt", "not a checkpoint"]), (pickled, ["pickled.pt", "pickled Python objects"]),
+             (config, ["run.yaml", "not a checkpoint (a YAML config"]), (cut, ["cut.pt", "cannot read"])]
     for path, names in cases:
         code, err = _call(capsys, "infer", [path, "--source", img, "--out", tmp_path / "o"])
         line = _assert_one_line(code, err, *names)

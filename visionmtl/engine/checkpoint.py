@@ -87,6 +87,11 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_locat
         raise CheckpointError(f"{path}: {what} not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: {what} file is empty")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save: a zip archive (or a legacy pickle)
+        kind = "a YAML config" if path.suffix.lower() in (".yaml", ".yml") else "not a torch file"
+        raise CheckpointError(f"{path}: not a {what} ({kind}; a {what} is the .pt file training wrote)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file
