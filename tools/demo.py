@@ -55,7 +55,7 @@ def main(args) -> None:
     t1 = time.time()
     metrics = trainer.train()
     train_time = time.time() - t1
-    out = Path(args.work_dir)
+    out = trainer.work_dir  # runs/demo, or runs/demo2 ... when runs/demo holds an earlier run
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
 
     # draw predictions on held-out images, in original pixels

@@ -20,6 +20,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.lr=0.01")
     p.add_argument("--work-dir", help="output folder (default: the config's work_dir)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into the work dir even when it holds a run (default: a new run goes to the next free "
+                        "numbered folder, runs/x2, runs/x3, ...)")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from WORK_DIR/last.pt, or from the given checkpoint")
     return p
@@ -35,7 +38,7 @@ def main(args) -> None:
 
     if args.work_dir:
         cfg.work_dir = args.work_dir
-    trainer = Trainer(cfg, cfg.work_dir, resume=args.resume)
+    trainer = Trainer(cfg, cfg.work_dir, resume=args.resume, exist_ok=args.exist_ok)
     try:
         trainer.train()
     finally:

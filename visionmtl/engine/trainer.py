@@ -29,7 +29,7 @@ from ..data.loader import build_dataset, build_loader
 from ..data.sampler import MultiDataset
 from ..models.build import build_model
 from . import dist
-from ..errors import ConfigError, DataError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from .checkpoint import load_checkpoint, load_model_state, load_trained, rng_state, save_checkpoint, set_rng_state
 from .runtime import check_compile, cpu_bf16_fast, pick_amp, pick_device, seed_everything
 from .step import StepParts, train_step
@@ -56,15 +56,9 @@ class Trainer:
     metric curves as PNG. Only rank 0 writes.
     """
 
-    def __init__(self, cfg: Config, work_dir: Optional[str] = None, resume: bool | str = False):
+    def __init__(self, cfg: Config, work_dir: Optional[str] = None, resume: bool | str = False,
+                 exist_ok: bool = False):
         self.cfg = cfg
-        self.work_dir = Path(work_dir or cfg.work_dir)
-        try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"{self.work_dir}: cannot create the work dir ({e.strerror or e})") from None
-        for stale in self.work_dir.glob("*.tmp"):  # left by a run killed while writing
-            stale.unlink(missing_ok=True)
         tc = cfg.train
         try:
             self.device = pick_device(tc.device)
@@ -73,6 +67,19 @@ class Trainer:
         if tc.compile:  # before any data is read
             check_compile(self.device)
         self.rank, self.world, local_rank = dist.init_distributed(self.device.type)
+        asked = Path(work_dir or cfg.work_dir)
+        # a new run never overwrites another: it goes to the next free numbered folder (runs/x2, ...)
+        self.work_dir = asked if resume or exist_ok else Path(dist.broadcast(str(free_work_dir(asked))))
+        if self.work_dir != asked and dist.is_main():
+            log.info("%s holds a run; this one goes to %s (--resume continues a run, --exist-ok reuses the folder)",
+                     asked, self.work_dir)
+        cfg.work_dir = str(self.work_dir)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.work_dir}: cannot create the work dir ({e.strerror or e})") from None
+        for stale in self.work_dir.glob("*.tmp"):  # left by a run killed while writing
+            stale.unlink(missing_ok=True)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
@@ -251,9 +258,10 @@ class Trainer:
             self._epoch_loss, self._epoch_count = {}, {}
             n_bad = 0
             iter_before = self.iter
+            tty = sys.stderr.isatty()
             bar = tqdm(self.epoch_batches(epoch), total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not self.main, dynamic_ncols=True, leave=False,
-                       mininterval=0.5 if sys.stderr.isatty() else 60.0)  # logs: about one line a minute
+                       disable=not self.main or not tty, dynamic_ncols=True, leave=False, mininterval=0.5)
+            progress = _Progress(self, epoch) if self.main and not tty else None  # logs and CI: text lines
             running: dict[str, float] = {}
             for tasks, batch in bar:
                 n_bad += batch.n_bad
@@ -266,10 +274,12 @@ class Trainer:
                 self.history.append(vals)
                 for k, v in vals.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v
-                if self.main:
+                if self.main and tty:
                     post = {k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items() if k.startswith("loss_")}
                     post["lr"] = f"{self.optim.lr:.2e}"
                     bar.set_postfix(post, refresh=False)
+                if progress is not None:
+                    progress.step(len(batch), running)
                 if self.iter % tc.log_interval == 0 or self.iter == self.total_iters:
                     vals = dist.reduce_mean(vals, self.device)
                     self.logger.log("train", self.iter, vals, epoch=epoch, lr=self.optim.lr)
@@ -295,7 +305,7 @@ class Trainer:
                     log.info("epoch %d: %s", self.epoch, _fmt(metrics, self.cfg.tasks))
                 if score > self.best:
                     self.best = score
-                    self.save("best.pt")
+                    self.save("best.pt", full=False)  # weights to deploy; last.pt resumes
             self.save("last.pt")
         if self.main:
             log.info("trained %d iterations in %.1f s", self.iter, time.time() - t0)
@@ -317,7 +327,14 @@ class Trainer:
                         self.cfg.train.channels_last, flip=self.cfg.data.eval_flip)
 
     # ----------------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, full: bool = True) -> dict:
+        """The checkpoint: everything ``--resume`` needs, or (``full=False``, ``best.pt``) the
+        weights, EMA, config, class names and where they came from."""
+        if not full:
+            return {"model": self.net.state_dict(),
+                    **({"ema": self.ema.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}),
+                    "epoch": self.epoch, "iteration": self.iter, "best": self.best, "config": self.cfg.to_dict(),
+                    "classes": {n: list(t.classes) for n, t in self.cfg.tasks.items()}, "version": __version__}
         return {
             "model": self.net.state_dict(),
             **({"ema": self.ema.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}),
@@ -336,13 +353,22 @@ class Trainer:
             "version": __version__,
         }
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, full: bool = True) -> None:
         if self.main:
-            save_checkpoint(self.state(), self.work_dir / name)
+            save_checkpoint(self.state(full), self.work_dir / name)
         dist.barrier()
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{path}: holds weights only (best.pt), not a run's state; resume from last.pt, "
+                                  f"or start a new run from these weights with model.load_from={path}")
+        theirs, mine = ckpt.get("config", {}), self.cfg.to_dict()
+        for section in ("tasks", "model"):  # the schedule (train.epochs, ...) may change on resume
+            key = _first_difference(theirs.get(section), mine.get(section), section)
+            if theirs and key:
+                raise CheckpointError(f"{path}: a run of another config ({key} differs); resume it with its own "
+                                      f"config ({path.parent / 'config.yaml'}), or start a new run elsewhere")
         load_model_state(self.net, ckpt["model"], str(path))
         if self.ema is not None and "ema" in ckpt:
             self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", ckpt["iteration"]), f"{path} (ema)")
@@ -357,6 +383,69 @@ class Trainer:
         self.epoch, self.iter, self.best = ckpt["epoch"], ckpt["iteration"], ckpt.get("best", -math.inf)
         set_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iter)
+
+
+def _first_difference(a, b, where: str) -> Optional[str]:
+    """The first key path at which two config trees differ (None when equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}")
+            if d:
+                return d
+        return None
+    return None if a == b else where
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / f).exists() for f in RUN_FILES)
+
+
+def free_work_dir(folder: Path) -> Path:
+    """``folder`` when it holds no run, else the first of ``folder2``, ``folder3``, ... that holds none."""
+    folder = Path(folder)
+    k = 2
+    out = folder
+    while holds_run(out):
+        out = folder.with_name(f"{folder.name}{k}")
+        k += 1
+    return out
+
+
+class _Progress:
+    """Training progress as log lines when stderr is not a terminal (a file, nohup, CI), in place
+    of the progress bar: every ``PERIOD`` seconds and at the end of each epoch, the smoothed
+    losses, the learning rate, images per second and the time left."""
+
+    PERIOD = 30.0
+
+    def __init__(self, trainer: "Trainer", epoch: int) -> None:
+        self.t, self.epoch = trainer, epoch
+        self.start = self.last = time.perf_counter()
+        self.images, self.first_iter = 0, trainer.iter
+        self.end_iter = min(trainer.total_iters, (epoch + 1) * trainer.iters_per_epoch)
+
+    def step(self, n_images: int, running: dict) -> None:
+        self.images += n_images
+        now = time.perf_counter()
+        done = self.t.iter - self.first_iter
+        if now - self.last < self.PERIOD and self.t.iter < self.end_iter:
+            return
+        self.last = now
+        per_iter = (now - self.start) / max(done, 1)
+        left = per_iter * (self.t.total_iters - self.t.iter)
+        losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in running.items() if k.startswith("loss_"))
+        log.info("epoch %d/%d iter %d/%d: loss %.3f (%s) lr %.2e, %.1f img/s, ETA %s", self.epoch + 1,
+                 self.t.cfg.train.epochs, self.t.iter, self.t.total_iters, running.get("loss", float("nan")),
+                 losses, self.t.optim.lr, self.images / max(now - self.start, 1e-9), _hms(left))
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _fmt(metrics: dict, tasks: dict) -> str:
