@@ -87,7 +87,7 @@ def test_load_from_bad_input_is_one_line(capsys, tmp_path, data):
     code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", f"model.load_from={missing}"])
     _assert_one_line(code, err, "nope.pt", "not found")
     code, err = _call(capsys, "train", [cfg, "--work-dir", tmp_path / "w", "--set", f"model.load_from={cfg}"])
-    line = _assert_one_line(code, err, "c.yaml", "cannot read load_from weights file")
+    line = _assert_one_line(code, err, "c.yaml", "not a load_from weights file (a YAML config")
     assert "weights_only" not in line
     stranger = tmp_path / "stranger.pth"
     torch.save({"encoder.conv.weight": torch.zeros(3, 3)}, stranger)

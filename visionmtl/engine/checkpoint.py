@@ -91,7 +91,8 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_locat
         head = f.read(4)
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch.save: a zip archive (or a legacy pickle)
         kind = "a YAML config" if path.suffix.lower() in (".yaml", ".yml") else "not a torch file"
-        raise CheckpointError(f"{path}: not a {what} ({kind}; a {what} is the .pt file training wrote)")
+        raise CheckpointError(f"{path}: not a {what} ({kind}; expected a .pt file written by torch.save, "
+                              f"e.g. a run's best.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file
