@@ -27,13 +27,23 @@ CPU_BF16_ENV = "VISIONMTL_CPU_BF16"
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` without that GPU raises RuntimeError."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` or a bare ``N``
+    (``cuda:N``, as Ultralytics' ``device=0``). A GPU that is not there, or a name that is no
+    device, raises RuntimeError with one line."""
+    name = str(name).strip().lower()
+    if name.isdigit():
+        name = f"cuda:{name}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
         raise RuntimeError(f"device '{name}' requested but CUDA is not available ({why}); use 'cpu' or 'auto'")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RuntimeError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or a GPU index N") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise RuntimeError(f"unsupported device '{name}'; use auto, cpu, cuda, cuda:N or a GPU index N")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise RuntimeError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device

@@ -74,6 +74,8 @@ class Trainer:
             log.info("%s holds a run; this one goes to %s (--resume continues a run, --exist-ok reuses the folder)",
                      asked, self.work_dir)
         cfg.work_dir = str(self.work_dir)
+        if exist_ok and not resume and (self.work_dir / "config.yaml").is_file():
+            _refuse_other_config(self.work_dir, cfg)
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -394,6 +396,24 @@ def _first_difference(a, b, where: str) -> Optional[str]:
                 return d
         return None
     return None if a == b else where
+
+
+def _refuse_other_config(folder: Path, cfg: Config) -> None:
+    """ConfigError when ``folder`` holds the run of a config whose tasks or model differ from ``cfg``'s
+    (``--exist-ok`` would overwrite another experiment's checkpoints)."""
+    import yaml
+
+    try:
+        theirs = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    mine = cfg.to_dict()
+    for section in ("tasks", "model"):
+        key = _first_difference(theirs.get(section), mine.get(section), section)
+        if key:
+            raise ConfigError(f"{folder}: holds the run of another config ({key} differs); --exist-ok would "
+                              f"overwrite it: choose another --work-dir, or leave out --exist-ok for a new "
+                              f"numbered folder")
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")

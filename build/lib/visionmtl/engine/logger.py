@@ -1,0 +1,135 @@
+"""Training logs: metrics.jsonl, TensorBoard scalars and PNG curves at the end (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    """{"det": {"mAP": 0.5, "per_class": {...}}} -> {"det/mAP": 0.5, ...} (numbers only)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+            out[key] = float(v)
+    return out
+
+
+class RunLogger:
+    """Writes records to ``work_dir/metrics.jsonl`` and TensorBoard; does nothing off rank 0.
+
+    ``append``: continue an existing ``metrics.jsonl`` (a resumed run); otherwise a new run
+    starts the file afresh, so two runs in one folder never mix their curves.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 append: bool = True, trim_after: int | None = None):
+        self.dir = Path(work_dir)
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if append and trim_after is not None:
+                trim_log(self.dir / "metrics.jsonl", trim_after)
+            self.file = open(self.dir / "metrics.jsonl", "a" if append else "w", buffering=1)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(self.dir / "tb"))
+                except Exception:  # tensorboard missing or broken: keep the JSON log
+                    self.tb = None
+
+    def log(self, kind: str, step: int, values: dict, **extra) -> None:
+        if not self.enabled:
+            return
+        rec = {"type": kind, "iter": step, **extra, **values}
+        self.file.write(json.dumps(rec, default=_json_default) + "\n")
+        if self.tb is not None:
+            for k, v in flatten(values).items():
+                if math.isfinite(v):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def trim_log(path: Path, last_iter: int) -> int:
+    """Drop records after iteration ``last_iter`` (a resumed run logs them again); atomic. Returns how many."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            it = json.loads(line).get("iter", 0)
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1  # a line half-written when the run was killed
+            continue
+        if it <= last_iter:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _json_default(o):
+    try:
+        return float(o)
+    except Exception:
+        return str(o)
+
+
+def plot_curves(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write loss_curves.png and metric_curves.png from a metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, list]] = {"train": defaultdict(list), "val": defaultdict(list)}
+    with open(metrics_file) as f:
+        for line in f:
+            rec = json.loads(line)
+            kind = rec.get("type")
+            if kind not in series:
+                continue
+            x = rec.get("epoch", rec["iter"]) if kind == "val" else rec["iter"]
+            for k, v in flatten({k: v for k, v in rec.items() if k not in ("type", "iter", "epoch")}).items():
+                if kind == "train" and not k.startswith("loss"):
+                    continue
+                if kind == "val" and "per_class" in k:
+                    continue
+                series[kind][k].append((x, v))
+    written = []
+    for kind, name, ylabel in (("train", "loss_curves.png", "loss"), ("val", "metric_curves.png", "metric")):
+        if not series[kind]:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for k, pts in sorted(series[kind].items()):
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=k, marker="o" if kind == "val" else None, markersize=3)
+        ax.set_xlabel("iteration" if kind == "train" else "epoch")
+        ax.set_ylabel(ylabel)
+        if kind == "train":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out_dir) / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Multi-task training strategies: loss weighting, gradient methods, sharing, alternating and staged training."""
