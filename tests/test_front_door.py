@@ -123,3 +123,29 @@ def test_wheel_installs_a_working_command_in_a_fresh_venv(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (work / "runs" / "shapes_r18_3heads" / "last.pt").is_file()
+
+
+def test_overrides_anywhere_and_set_does_not_swallow_the_config():
+    from visionmtl.cli import parse_args
+    from visionmtl.commands.train import get_args_parser
+
+    p = get_args_parser()
+    a = parse_args(p, ["--set", "train.lr=0.01", "my.yaml"])
+    assert a.config == "my.yaml" and a.set == ["train.lr=0.01"]
+    a = parse_args(p, ["my.yaml", "train.epochs=3", "--work-dir", "runs/a=b", "data.batch_size=4"])
+    assert a.config == "my.yaml" and a.set == ["train.epochs=3", "data.batch_size=4"] and a.work_dir == "runs/a=b"
+
+
+def test_predict_output_folders_are_numbered(shapes_dir, tmp_path, capsys):
+    from visionmtl.engine.trainer import Trainer
+
+    from .test_engine import tiny_cfg
+
+    cfg = tiny_cfg(shapes_dir, tmp_path / "run", tasks=("cls",), epochs=1, max_iters=1)
+    Trainer(cfg).train()
+    image = next((shapes_dir / "val" / "images").iterdir())
+    out = tmp_path / "predict"
+    for _ in range(2):
+        assert main(["predict", str(tmp_path / "run" / "last.pt"), "--source", str(image), "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file() and (tmp_path / "predict2" / "summary.json").is_file()
+    assert "outputs in " + str(tmp_path / "predict2") in capsys.readouterr().out

@@ -34,3 +34,36 @@ def run(main: Callable, args) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def parse_args(parser, argv=None):
+    """``parser.parse_args`` where config overrides may be given anywhere as bare ``key=value``
+    tokens (``visionmtl train CONFIG train.epochs=3``, as Ultralytics' ``yolo`` takes them) or
+    after ``--set``, which no longer swallows a config path that follows it
+    (``--set train.lr=0.01 CONFIG``). Parsers without ``--set`` parse ``argv`` unchanged."""
+    import re
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    actions = getattr(parser, "_option_string_actions", {})
+    if "--set" not in actions:
+        return parser.parse_args(argv)
+    key = re.compile(r"^[A-Za-z_][\w]*(\.[\w-]+)*=")
+    out: list[str] = []
+    sets: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--set":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-") and key.match(argv[i]):
+                sets.append(argv[i])
+                i += 1
+            continue
+        prev = actions.get(out[-1]) if out else None
+        takes_value = prev is not None and prev.nargs != 0 and not out[-1].startswith("--set")
+        if not a.startswith("-") and key.match(a) and not takes_value:
+            sets.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return parser.parse_args(out + (["--set", *sets] if sets else []))

@@ -25,6 +25,7 @@ from .config_check import choice as _choice  # noqa: F401  (older imports)
 from .config_check import SHARING_MODES, validate  # noqa: F401
 from .config_check import where as _where
 from .errors import ConfigError
+from .paths import find_config, shipped_configs  # noqa: F401  (shipped configs by name)
 from .tasks import TASK_TYPES, spec
 
 __all__ = ["Config", "ConfigError", "DataConfig", "DatasetConfig", "ModelConfig", "TASK_TYPES", "TaskConfig",
@@ -313,32 +314,6 @@ def apply_overrides(tree: dict, overrides: list[str], origin: dict) -> dict:
             node[last] = value
         _record(origin, ".".join(parts), value, "--set")
     return tree
-
-
-def shipped_configs() -> Path:
-    """The folder of the configs that ship with visionmtl (``configs/``; ``visionmtl/configs`` in a wheel)."""
-    return Path(__file__).resolve().parent / "configs"
-
-
-def find_config(path: str | os.PathLike) -> Path:
-    """``path`` when it is a file, else the shipped config of that name (``shapes/r18_fpn_3heads``,
-    with or without ``.yaml``), so that an installed ``visionmtl train shapes/r18_fpn_3heads`` works.
-
-    Raises:
-        ConfigError: neither exists (the message lists the shipped configs).
-    """
-    given = Path(path)
-    if given.is_file():
-        return given
-    root = shipped_configs()
-    for cand in (root / given, root / given.with_suffix(".yaml")):
-        if not given.is_absolute() and cand.is_file():
-            return cand
-    if given.exists():
-        raise ConfigError(f"{path}: not a config file")
-    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml")
-                   if not p.parent.name.startswith("_")) if root.is_dir() else []
-    raise ConfigError(f"{path}: config not found (neither a file nor a shipped config; shipped: {', '.join(names)})")
 
 
 def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> Config:

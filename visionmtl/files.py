@@ -39,3 +39,16 @@ def write_image(path: str | os.PathLike, image: np.ndarray, rgb: bool = True, pa
     if not cv2.imwrite(str(path), arr, params or []):
         raise DataError(str(path), "cannot write the image (unknown extension, or the folder is not writable)")
     return path
+
+
+def free_folder(folder: str | os.PathLike, used=None) -> Path:
+    """``folder`` when it is free, else the first free one of ``folder2``, ``folder3``, ... (a new
+    run never writes over an earlier one, as Ultralytics' ``runs/detect/predict2``). ``used(path)``
+    says whether a folder is taken (default: it exists and holds anything)."""
+    folder = Path(folder)
+    used = used or (lambda p: p.is_dir() and any(p.iterdir()))
+    out, k = folder, 2
+    while used(out):
+        out = folder.with_name(f"{folder.name}{k}")
+        k += 1
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,4 +44,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl data-speed`` / ``python tools/benchmark_data.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl data`` / ``python tools/dataset_info.py``: the exit status (1: problems under --strict)."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     code = {"rc": 0}
 
     def _main(a):

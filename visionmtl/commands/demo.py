@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout holding configs/
 
@@ -83,4 +83,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl demo`` / ``python tools/demo.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

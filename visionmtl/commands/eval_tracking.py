@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -64,4 +64,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl track-eval`` / ``python tools/eval_tracking.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

@@ -18,7 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 DEFAULT_CONFIG = "configs/coco128/r50_fpn_3heads_gpu.yaml"
 
@@ -79,4 +79,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl gpu-bench`` / ``python tools/gpu_bench.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint .pt written by the trainer (carries its config), or a .onnx "
                                       "file written by tools/export.py (runs in onnxruntime)")
     p.add_argument("--source", required=True, help="image, folder, glob, video, webcam index or stream URL")
-    p.add_argument("--out", default="runs/infer", help="output folder")
+    p.add_argument("--out", default="runs/infer",
+                   help="output folder; when it already holds results, the next free runs/infer2, runs/infer3, ...")
+    p.add_argument("--exist-ok", action="store_true", help="write into --out even when it holds results")
     p.add_argument("--tasks", default=None, help="comma-separated task names (or head types) to run; default all")
     p.add_argument("--conf", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--imgsz", type=int, default=None, help="longest input side (default: the config's data.eval_img_size, else data.img_size)")
@@ -72,6 +74,10 @@ def main(args) -> dict:
         raise ConfigError(f"--track-buffer must be >= 0, got {args.track_buffer}")
     if args.show:
         check_display()
+    if not args.exist_ok:
+        from visionmtl.files import free_folder
+
+        args.out = str(free_folder(args.out))  # never over an earlier run's results
     source = open_source(args.source, reconnect=args.reconnect)  # a bad source fails before the model loads
     try:
         return _run(args, source)
@@ -105,6 +111,7 @@ def _run(args, source) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(format_summary(summary))
+    print(f"outputs in {out}")
     if args.compare_model_only:
         print(f"model only: {summary['model_only_fps']:.1f} FPS at batch {args.batch}; "
               f"end-to-end / model only = {summary['e2e_over_model_only']:.2f}")
@@ -132,4 +139,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl predict`` / ``python tools/infer.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

@@ -10,7 +10,7 @@ classification set).
 
 from __future__ import annotations
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 import argparse
 from pathlib import Path
@@ -117,4 +117,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl shapes`` / ``python tools/make_shapes.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

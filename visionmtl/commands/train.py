@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionmtl.cli import run
+from visionmtl.cli import parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,4 +51,4 @@ def cli(argv=None, prog=None) -> int:
     """``visionmtl train`` / ``python tools/train.py``: parse ``argv``, run, return the exit status."""
     parser = get_args_parser()
     parser.prog = prog or parser.prog
-    return run(main, parser.parse_args(argv))
+    return run(main, parse_args(parser, argv))

@@ -35,7 +35,7 @@ from .runtime import check_compile, cpu_bf16_fast, pick_amp, pick_device, seed_e
 from .step import StepParts, train_step
 from .ema import ModelEMA
 from .transfer import load_from
-from ..files import write_text
+from ..files import free_folder, write_text
 from .evaluate import evaluate, summary_score
 from .logger import RunLogger, plot_curves
 from ..mtl.alternating import TaskStreams, task_parts
@@ -425,13 +425,7 @@ def holds_run(folder: Path) -> bool:
 
 def free_work_dir(folder: Path) -> Path:
     """``folder`` when it holds no run, else the first of ``folder2``, ``folder3``, ... that holds none."""
-    folder = Path(folder)
-    k = 2
-    out = folder
-    while holds_run(out):
-        out = folder.with_name(f"{folder.name}{k}")
-        k += 1
-    return out
+    return free_folder(folder, holds_run)
 
 
 class _Progress:
