@@ -91,9 +91,18 @@ def test_wheel_installs_a_working_command_in_a_fresh_venv(tmp_path):
     """Build the wheel, install it (no dependencies: they come from this environment) into a new
     virtual environment, run ``visionmtl --help`` and two training steps of a shipped config from
     outside the repository."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy of what the wheel is built from, so that the build leaves no build/ here
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "configs", src / "configs")
+    shutil.copytree(ROOT / "visionmtl", src / "visionmtl", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     wheel = next(wheels.glob("visionmtl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "visionmtl/commands/train.py" in names and "visionmtl/configs/shapes/r18_fpn_3heads.yaml" in names

@@ -1,1 +1,0 @@
-"""Multi-task training strategies: loss weighting, gradient methods, sharing, alternating and staged training."""
