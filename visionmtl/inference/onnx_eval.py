@@ -53,7 +53,8 @@ def evaluate_onnx(config: str, path: str, overrides=(), split: str = "val") -> d
     theirs = {n: list(model.cfg.tasks[n].classes) for n in model.tasks}
     if mine != theirs:
         brief = lambda d: "{" + ", ".join(f"{k}: {len(v)} classes" for k, v in d.items()) + "}"  # noqa: E731
-        raise CheckpointError(f"{path}: exported for tasks/classes {brief(theirs)}, but {config} configures {brief(mine)}")
+        raise CheckpointError(f"{path}: exported for tasks/classes {brief(theirs)}, "
+                              f"but {config} configures {brief(mine)}")
     if split == "train":
         from ..engine.evaluate_tool import _eval_loader_for_train
 

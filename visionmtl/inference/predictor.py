@@ -194,8 +194,8 @@ class Predictor:
         if str(device) not in ("auto", "cpu"):
             raise ConfigError(f"--device {device}: an ONNX model runs on the CPU (onnxruntime's CPU provider)")
         model = OnnxModel(path, threads)
-        return cls(model.skeleton, model.cfg, "cpu", tasks=model.tasks if tasks is None else tasks, conf=conf, imgsz=imgsz, channels_last=False,
-                   onnx=model, **kwargs)
+        return cls(model.skeleton, model.cfg, "cpu", tasks=model.tasks if tasks is None else tasks, conf=conf,
+                   imgsz=imgsz, channels_last=False, onnx=model, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
