@@ -69,3 +69,37 @@ def test_resume_refuses_weights_only_and_another_configs_run(config, shapes_dir,
     rc, err = _train([other_path, "--resume"], capsys)
     line = err.strip().splitlines()[-1]
     assert rc == 2 and "a run of another config (tasks.seg differs)" in line, err
+
+
+def test_curves_have_a_panel_per_loss_and_metric(tmp_path):
+    """metric_curves.png: one panel per validation metric (per-class detail and nulls left out)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from visionmtl.engine.logger import plot_curves
+
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for i in range(1, 30):
+            f.write(json.dumps({"type": "train", "iter": i, "loss": 3 / i, "loss_det_cls": 1 / i, "lr": 0.1}) + "\n")
+        for e in (1, 2):
+            f.write(json.dumps({"type": "val", "iter": 10 * e, "epoch": e, "score": e / 3,
+                                "det": {"mAP": e / 4, "mAP_l": None, "per_class": {"a": 1.0}},
+                                "seg": {"mIoU": e / 5}}) + "\n")
+    panels = []
+    real = plt.Figure.savefig
+
+    def count(fig, *a, **k):
+        panels.append(sum(ax.axison for ax in fig.axes))
+        return real(fig, *a, **k)
+
+    plt.Figure.savefig = count
+    try:
+        paths = plot_curves(tmp_path / "metrics.jsonl", tmp_path)
+    finally:
+        plt.Figure.savefig = real
+    assert [p.name for p in paths] == ["loss_curves.png", "metric_curves.png"] and all(p.is_file() for p in paths)
+    assert panels == [2, 3]  # loss, det_cls | score, det/mAP, seg/mIoU

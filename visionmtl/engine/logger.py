@@ -93,7 +93,11 @@ def _json_default(o):
 
 
 def plot_curves(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write loss_curves.png and metric_curves.png from a metrics.jsonl."""
+    """Write loss_curves.png and metric_curves.png from a metrics.jsonl: a grid with one panel per
+    loss term (raw values faint, an exponential moving average on top, log scale) and one panel
+    per validation metric (a point per evaluation; ``score`` is what ``best.pt`` is chosen by)."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,23 +114,37 @@ def plot_curves(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> 
             for k, v in flatten({k: v for k, v in rec.items() if k not in ("type", "iter", "epoch")}).items():
                 if kind == "train" and not k.startswith("loss"):
                     continue
-                if kind == "val" and "per_class" in k:
+                if kind == "val" and ("per_class" in k or not isinstance(v, (int, float)) or v is None):
                     continue
                 series[kind][k].append((x, v))
     written = []
-    for kind, name, ylabel in (("train", "loss_curves.png", "loss"), ("val", "metric_curves.png", "metric")):
-        if not series[kind]:
+    for kind, name in (("train", "loss_curves.png"), ("val", "metric_curves.png")):
+        keys = sorted(series[kind], key=lambda k: (k != "loss", k))
+        if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for k, pts in sorted(series[kind].items()):
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, label=k, marker="o" if kind == "val" else None, markersize=3)
-        ax.set_xlabel("iteration" if kind == "train" else "epoch")
-        ax.set_ylabel(ylabel)
-        if kind == "train":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        cols = min(4, len(keys))
+        rows = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+        for ax, k in zip(axes.flat, keys):
+            xs, ys = zip(*series[kind][k])
+            if kind == "train":
+                ax.plot(xs, ys, color="C0", alpha=0.25, linewidth=0.8)
+                smooth, m = [], 0.0
+                for t, y in enumerate(ys, 1):  # EMA over the logged points, debiased (as TensorBoard)
+                    m = 0.9 * m + 0.1 * y
+                    smooth.append(m / (1 - 0.9 ** t))
+                ax.plot(xs, smooth, color="C0", linewidth=1.6)
+                if min(ys) > 0:
+                    ax.set_yscale("log")
+                ax.set_xlabel("iteration")
+            else:
+                ax.plot(xs, ys, color="C1", marker="o", markersize=4)
+                ax.set_xlabel("epoch")
+            title = "score (chooses best.pt)" if k == "score" else k.replace("loss_", "") if kind == "train" else k
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
         fig.tight_layout()
         path = Path(out_dir) / name
         fig.savefig(path, dpi=100)
