@@ -177,7 +177,7 @@ def _cli_error(tool, argv, capsys) -> str:
 
 
 def test_bad_inputs_are_one_line_errors(ckpt, tmp_path, capsys):
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     old = tmp_path / "old.pt"
     torch.save({**state, "version": "0.0.1"}, old)
     assert "visionmtl 0.0.1" in _cli_error(export_tool, [str(old)], capsys)

@@ -130,7 +130,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str = "checkpoin
     model.load_state_dict(state)
 
 
-def load_trained(path: str | os.PathLike, device="cpu"):
+def load_trained(path: str | os.PathLike, device="cpu", ckpt: dict | None = None):
     """(model in eval mode, cfg, checkpoint) from a checkpoint that carries its resolved config.
 
     The weights are the EMA when the run kept one (:func:`inference_state`); the backbone's
@@ -139,7 +139,7 @@ def load_trained(path: str | os.PathLike, device="cpu"):
     from ..config import config_from_dict
     from ..models.build import build_model
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt  # ckpt: already read from path
     if "config" not in ckpt:
         raise CheckpointError(f"{path}: checkpoint has no config")
     cfg = config_from_dict(ckpt["config"], source=str(path))

@@ -365,11 +365,9 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise CheckpointError(f"{path}: holds weights only (best.pt), not a run's state; resume from last.pt, "
                                   f"or start a new run from these weights with model.load_from={path}")
-        theirs, mine = ckpt.get("config", {}), self.cfg.to_dict()
-        for section in ("tasks", "model"):  # the schedule (train.epochs, ...) may change on resume
-            key = _first_difference(theirs.get(section), mine.get(section), section)
-            if theirs and key:
-                raise CheckpointError(f"{path}: a run of another config ({key} differs); resume it with its own "
+        key = _other_config(ckpt.get("config", {}), self.cfg)
+        if key:
+            raise CheckpointError(f"{path}: a run of another config ({key} differs); resume it with its own "
                                       f"config ({path.parent / 'config.yaml'}), or start a new run elsewhere")
         load_model_state(self.net, ckpt["model"], str(path))
         if self.ema is not None and "ema" in ckpt:
@@ -385,6 +383,19 @@ class Trainer:
         self.epoch, self.iter, self.best = ckpt["epoch"], ckpt["iteration"], ckpt.get("best", -math.inf)
         set_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iter)
+
+
+def _other_config(theirs: dict, cfg: Config) -> Optional[str]:
+    """The first key of ``tasks`` or ``model`` where a run's config ``theirs`` differs from ``cfg``
+    (None when they match, or when there is no config to compare); the schedule (``train``) may differ."""
+    if not theirs:
+        return None
+    mine = cfg.to_dict()
+    for section in ("tasks", "model"):
+        key = _first_difference(theirs.get(section), mine.get(section), section)
+        if key:
+            return key
+    return None
 
 
 def _first_difference(a, b, where: str) -> Optional[str]:
@@ -407,11 +418,9 @@ def _refuse_other_config(folder: Path, cfg: Config) -> None:
         theirs = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return
-    mine = cfg.to_dict()
-    for section in ("tasks", "model"):
-        key = _first_difference(theirs.get(section), mine.get(section), section)
-        if key:
-            raise ConfigError(f"{folder}: holds the run of another config ({key} differs); --exist-ok would "
+    key = _other_config(theirs, cfg)
+    if key:
+        raise ConfigError(f"{folder}: holds the run of another config ({key} differs); --exist-ok would "
                               f"overwrite it: choose another --work-dir, or leave out --exist-ok for a new "
                               f"numbered folder")
 

@@ -74,7 +74,7 @@ def read_checkpoint_for_export(path: Union[str, os.PathLike]):
     if version is not None and str(version).split(".")[:2] != __version__.split(".")[:2]:
         raise CheckpointError(f"{path}: checkpoint written by visionmtl {version}, this is {__version__}; "
                               f"export it with visionmtl {version} or retrain")
-    model, cfg, _ = load_trained(path, "cpu")
+    model, cfg, _ = load_trained(path, "cpu", ckpt)
     return model, cfg
 
 

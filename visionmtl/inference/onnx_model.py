@@ -22,6 +22,7 @@ import torch
 
 from ..config import config_from_dict
 from ..errors import CheckpointError, ConfigError
+from ..models.graph import split_outputs
 
 __all__ = ["OnnxModel", "is_onnx"]
 
@@ -136,18 +137,15 @@ class OnnxModel:
         start = 0
         for feed, real in self.feeds(images, sizes, conf):
             values = dict(zip(names, self.session.run(names, feed)))
-            for task in {n.split(".", 1)[0] for n in names}:
-                if task in self.row_tasks:
-                    rows = values[f"{task}.batch"] if f"{task}.batch" in values else None
-                    keep = rows < real if rows is not None else None
-                    for n in names:
-                        if n.startswith(task + ".") and keep is not None:
-                            v = values[n][keep]
-                            parts[n].append(v + start if n == f"{task}.batch" else v)
+            for name, v in values.items():
+                task = name.split(".", 1)[0]
+                if task in self.row_tasks:  # rows of the blank padding images go; image indices shift
+                    v = v[values[f"{task}.batch"] < real]
+                    if name == f"{task}.batch":
+                        v = v + start
                 else:
-                    for n in names:
-                        if n.startswith(task + "."):
-                            parts[n].append(values[n][:real])
+                    v = v[:real]
+                parts[name].append(v)
             start += real
         return {n: np.concatenate(v) if len(v) > 1 else v[0] for n, v in parts.items()}
 
@@ -157,8 +155,5 @@ class OnnxModel:
         threshold ``conf``."""
         tasks = list(tasks or self.tasks)
         names = [n for n in self.output_names if n.split(".", 1)[0] in tasks]
-        out: dict[str, dict] = {}
-        for name, v in self.run_raw(images, sizes, conf, names).items():
-            task, key = name.split(".", 1)
-            out.setdefault(task, {})[key] = torch.from_numpy(np.ascontiguousarray(v))
-        return out
+        raw = self.run_raw(images, sizes, conf, names)
+        return split_outputs(list(raw), [torch.from_numpy(np.ascontiguousarray(v)) for v in raw.values()])

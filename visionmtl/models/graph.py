@@ -11,6 +11,9 @@ Decoding is split in two at every head (the head contract in ``docs/design.md``)
   selecting each image's rows, rescaling to original pixels, pasting masks, the arg-max of a
   resized label map. It reads the head's configuration, never its weights.
 
+The two drivers, :func:`graph_outputs` and :func:`decode_outputs`, live in
+:mod:`visionmtl.models.multitask` (``MultiTaskModel.predict`` is the one followed by the other).
+
 :class:`InferenceGraph` is backbone + heads + the first part, on uint8 ``[B, H, W, 3]`` RGB
 images (normalisation inside), returning the outputs flat as ``task.key`` (ONNX output names).
 :func:`decode_outputs` is the second part for a whole batch; the PyTorch predictor and the
@@ -19,38 +22,14 @@ onnxruntime one both call it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .multitask import predict_order
+from .multitask import decode_outputs, graph_outputs, predict_order
 
 __all__ = ["InferenceGraph", "decode_outputs", "graph_outputs", "split_outputs"]
-
-
-def graph_outputs(model: nn.Module, raw: Mapping[str, Mapping[str, Tensor]], sizes: Tensor,
-                  min_score: float | Tensor | None = None) -> dict[str, dict[str, Tensor]]:
-    """``{task: head.graph_outputs(...)}`` for the tasks in ``raw``, each after the task it decodes on."""
-    out: dict[str, dict[str, Tensor]] = {}
-    for task in predict_order(model.heads, list(raw)):
-        head = model.heads[task]
-        after = getattr(head, "after", None)
-        out[task] = head.graph_outputs(raw[task], sizes, min_score=min_score, given=out.get(after) if after else None)
-    return out
-
-
-def decode_outputs(heads: Mapping[str, nn.Module], out: Mapping[str, Mapping[str, Tensor]], image_sizes: Sequence,
-                   orig_sizes: Sequence | None = None, min_score: float | None = None) -> list[dict[str, dict]]:
-    """Per-image results ``[{task: result}]`` from graph outputs (a model's or an exported file's)."""
-    results: list[dict[str, dict]] = [{} for _ in range(len(image_sizes))]
-    for task in predict_order(heads, list(out)):
-        head = heads[task]
-        after = getattr(head, "after", None)
-        given = [r[after] for r in results] if after else None
-        for i, r in enumerate(head.host_results(out[task], image_sizes, orig_sizes, min_score=min_score, given=given)):
-            results[i][task] = r
-    return results
 
 
 def split_outputs(names: Sequence[str], values: Sequence) -> dict[str, dict]:

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MultiTaskModel", "given_results", "predict_order"]
+from .heads.common import hw_list
+
+__all__ = ["MultiTaskModel", "decode_outputs", "given_results", "graph_outputs", "predict_order"]
 
 
 def predict_order(heads: Mapping[str, nn.Module], tasks: Sequence[str]) -> list[str]:
@@ -32,6 +34,30 @@ def given_results(head: nn.Module, results: Sequence[Mapping]) -> dict:
     names (``results``: one ``{task: result}`` per image), or nothing for a head that needs none."""
     after = getattr(head, "after", None)
     return {"given": [r[after] for r in results]} if after else {}
+
+
+def graph_outputs(model: nn.Module, raw: Mapping[str, Mapping[str, Tensor]], sizes: Tensor,
+                  min_score: float | Tensor | None = None) -> dict[str, dict[str, Tensor]]:
+    """``{task: head.graph_outputs(...)}`` for the tasks in ``raw``, each after the task it decodes on."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for task in predict_order(model.heads, list(raw)):
+        head = model.heads[task]
+        after = getattr(head, "after", None)
+        out[task] = head.graph_outputs(raw[task], sizes, min_score=min_score, given=out.get(after) if after else None)
+    return out
+
+
+def decode_outputs(heads: Mapping[str, nn.Module], out: Mapping[str, Mapping[str, Tensor]], image_sizes: Sequence,
+                   orig_sizes: Sequence | None = None, min_score: float | None = None) -> list[dict[str, dict]]:
+    """Per-image results ``[{task: result}]`` from graph outputs (a model's or an exported file's)."""
+    results: list[dict[str, dict]] = [{} for _ in range(len(image_sizes))]
+    for task in predict_order(heads, list(out)):
+        head = heads[task]
+        after = getattr(head, "after", None)
+        given = [r[after] for r in results] if after else None
+        for i, r in enumerate(head.host_results(out[task], image_sizes, orig_sizes, min_score=min_score, given=given)):
+            results[i][task] = r
+    return results
 
 
 class MultiTaskModel(nn.Module):
@@ -179,7 +205,9 @@ class MultiTaskModel(nn.Module):
         image_sizes: Sequence | Tensor,
         orig_sizes: Sequence | Tensor | None = None,
     ) -> list[dict[str, dict[str, Tensor]]]:
-        """Per-image predictions of every task in ``raw``.
+        """Per-image predictions of every task in ``raw``: each head's ``graph_outputs`` (the part an
+        exported graph holds), then its ``host_results`` (:func:`decode_outputs`), as the
+        ``Predictor`` decodes.
 
         Args:
             raw: output of :meth:`forward`.
@@ -190,10 +218,6 @@ class MultiTaskModel(nn.Module):
             One dict per image: ``{task: head result}`` (classification ``labels``/``scores``/
             ``probs``, detection ``boxes``/``scores``/``labels``, segmentation ``mask``).
         """
-        n = len(image_sizes)
-        results: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
-        for task in predict_order(self.heads, [t for t in self.heads if t in raw]):
-            head = self.heads[task]
-            for i, r in enumerate(head.predict(raw[task], image_sizes, orig_sizes, **given_results(head, results))):
-                results[i][task] = r
-        return results
+        sizes = torch.as_tensor(hw_list(image_sizes, len(image_sizes)), dtype=torch.int64)
+        present = {t: raw[t] for t in self.heads if t in raw}
+        return decode_outputs(self.heads, graph_outputs(self, present, sizes), image_sizes, orig_sizes)
