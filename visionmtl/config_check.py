@@ -9,10 +9,11 @@ in well under a second, with one line that names the file that set the key.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .paths import expand
+from .paths import resolve
 
 __all__ = ["choice", "validate", "where"]
 
@@ -28,6 +29,13 @@ def where(key: str, origin: dict, default_file: str) -> str:
             return origin[k]
         parts.pop()
     return default_file
+
+
+def config_dir(key: str, origin: dict, default_file: str) -> Path | None:
+    """The folder of the config file that set ``key``: relative paths there resolve against it.
+    ``None`` (the working directory) for ``--set`` overrides and configs built from a dict."""
+    f = where(key, origin, default_file)
+    return Path(f).resolve().parent if f and f != "--set" and not f.startswith("<") and Path(f).is_file() else None
 
 
 def choice(value: str, choices: tuple, key: str, origin: dict, file: str) -> None:
@@ -89,6 +97,11 @@ def validate(cfg: Any, origin: dict, file: str) -> None:
     ):
         if not ok:
             raise ConfigError(f"{w(key)}: key '{key}' must be {rule}, got {value}")
+    m = cfg.model
+    if m.load_from:
+        m.load_from = resolve(m.load_from, config_dir("model.load_from", origin, file))
+    if m.backbone.weights not in ("none", "imagenet"):
+        m.backbone.weights = resolve(m.backbone.weights, config_dir("model.backbone.weights", origin, file))
     _validate_strategy(cfg, origin, file)
     _validate_datasets(cfg, origin, file)
 
@@ -170,5 +183,5 @@ def _validate_datasets(cfg: Any, origin: dict, file: str) -> None:
                     raise ConfigError(f"{where(key + '.tasks', origin, file)}: dataset {d.name or i} labels unknown "
                                       f"task '{t}'{hint}")
             for k, v in d.args.items():
-                if isinstance(v, str) and any(s in k for s in ("file", "dir", "root")):
-                    d.args[k] = expand(v)
+                if isinstance(v, str) and (k in ("data", "images") or any(s in k for s in ("file", "dir", "root"))):
+                    d.args[k] = resolve(v, config_dir(f"{key}.{k}", origin, file))
