@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --work-dir $(DEMO_DIR)
+	$(PY) tools/demo.py --out $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -154,10 +154,11 @@ def test_onnx_video_with_tracking_and_cli(ckpt, shapes_dir, tmp_path, capsys):
 
 def test_int8_quantization_writes_a_smaller_working_model(ckpt, shapes_dir, tmp_path, capsys):
     args = export_tool.get_args_parser().parse_args(
-        [str(ckpt), "--out", str(tmp_path / "q.onnx"), "--imgsz", "64", "--tasks", "cls,seg", "--int8",
+        [str(ckpt), "--out", str(tmp_path / "q"), "--imgsz", "64", "--tasks", "cls,seg", "--int8",
          "--calib-images", "4"])
     assert run(export_tool.main, args) == 0
-    fp32, int8 = tmp_path / "q.onnx", tmp_path / "q.int8.onnx"
+    stem = tmp_path / "q" / ckpt.stem
+    fp32, int8 = stem.with_suffix(".onnx"), Path(f"{stem}.int8.onnx")
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

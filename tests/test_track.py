@@ -156,10 +156,9 @@ def test_eval_tracking_tool_reports_mota(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    out = tmp_path / "track.json"
-    r = subprocess.run([sys.executable, "tools/eval_tracking.py", "--seeds", "2", "--frames", "40", "--out", str(out)],
+    r = subprocess.run([sys.executable, "tools/eval_tracking.py", "--seeds", "2", "--frames", "40", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "overall: MOTA" in r.stdout
-    overall = json.loads(out.read_text())["overall"]
+    overall = json.loads((tmp_path / "tracking.json").read_text())["overall"]
     assert overall["MOTA"] > 0.6 and overall["IDSW"] <= 2

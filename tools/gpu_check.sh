@@ -80,7 +80,7 @@ EOF
   cat <<EOF
   3. train    $PY tools/train.py $CONFIG --work-dir $WORK/coco128 --set train.epochs=E train.eval_interval=E $EXTRA_SET
               E = epochs of $IMAGES_PER_EPOCH images that fit ${MINUTES} min at the measured DataLoader img/s
-  4. eval     $PY tools/eval.py $CONFIG $WORK/coco128/best.pt --out $RES/eval.json       (<= 75 s)
+  4. eval     $PY tools/eval.py $CONFIG $WORK/coco128/best.pt --out $WORK/eval (-> $RES/eval.json) (<= 75 s)
   5. infer    $PY tools/infer.py $WORK/coco128/best.pt --source $DATA/video/vtest.avi $INFER_ARGS  (<= 75 s)
   6. table    every figure in one markdown table
 EOF
@@ -175,8 +175,9 @@ EOF
   CKPT="$WORK/coco128/best.pt"
   [ -f "$CKPT" ] || CKPT="$WORK/coco128/last.pt"
   # 4. evaluation, 5. video
-  run_phase eval "$(min 75 $(( $(left) - 60 )))" "$PY" tools/eval.py "$CONFIG" "$CKPT" --out "$S/eval.json" \
-    ${EXTRA_SET:+--set $EXTRA_SET}
+  run_phase eval "$(min 75 $(( $(left) - 60 )))" "$PY" tools/eval.py "$CONFIG" "$CKPT" --out "$WORK/eval" --exist-ok \
+    --no-plots ${EXTRA_SET:+--set $EXTRA_SET}
+  cp "$WORK/eval/metrics.json" "$S/eval.json" 2>/dev/null || true
   rm -rf "$WORK/infer"
   run_phase infer "$(min 75 $(( $(left) - 5 )))" "$PY" tools/infer.py "$CKPT" --source "$DATA/video/vtest.avi" \
     $INFER_ARGS --out "$WORK/infer" --no-progress --compare-model-only 64

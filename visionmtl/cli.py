@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 def expected_errors() -> tuple[type, ...]:
     """Errors caused by input (config, data, checkpoint, weights): shown as one line, exit 2."""
@@ -18,10 +18,45 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+
+
+def add_amp(parser, default: Optional[str] = "off") -> None:
+    """The one precision flag of every command: ``--amp [off|auto|bf16|fp16]`` (bare = auto)."""
+    if default == "off":
+        what = "default off: fp32 on every device, so results do not depend on the CPU or GPU"
+    else:
+        what = "default: the config's train.amp"
+    parser.add_argument("--amp", nargs="?", const="auto", default=default, choices=AMP_CHOICES,
+                        help=f"autocast precision: off, auto (bf16/fp16 on CUDA, bf16 on CPUs with AMX or "
+                             f"AVX512-BF16), bf16 or fp16; bare --amp = auto ({what})")
+
+
+def add_verbosity(parser) -> None:
+    """``--verbose`` / ``--quiet`` (every command has them; :func:`parse_args` adds them)."""
+    if "--verbose" in getattr(parser, "_option_string_actions", {}):
+        return
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages too (and FFmpeg's own)")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def apply_verbosity(args) -> int:
+    """Set visionmtl's log level from ``--verbose`` / ``--quiet``; returns the level it replaced."""
+    logger = logging.getLogger("visionmtl")
+    before = logger.level
+    if getattr(args, "verbose", False):
+        logger.setLevel(logging.DEBUG)
+    elif getattr(args, "quiet", False):
+        logger.setLevel(logging.WARNING)
+    return before
+
+
 def run(main: Callable, args) -> int:
     """Call ``main(args)``; input errors print ``error: <message>`` and exit 2, Ctrl-C exits 130."""
     from .errors import one_line
 
+    level = apply_verbosity(args)
     try:
         main(args)
     except Exception as e:  # input errors (also raised in DataLoader workers) are one line
@@ -33,6 +68,8 @@ def run(main: Callable, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("visionmtl").setLevel(level)
     return 0
 
 
@@ -44,6 +81,7 @@ def parse_args(parser, argv=None):
     import re
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    add_verbosity(parser)
     actions = getattr(parser, "_option_string_actions", {})
     if "--set" not in actions:
         return parser.parse_args(argv)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from visionmtl.cli import parse_args, run
+from visionmtl.cli import add_amp, parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,16 +35,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None,
                    help="time a trained checkpoint (--weights) on these backends: torch, onnxruntime, int8")
     p.add_argument("--weights", default=None, help="the checkpoint --backend times")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
-                   help="autocast; bare --amp = auto (bf16/fp16 on CUDA, bf16 on CPUs where it is fast)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or a GPU index N")
+    add_amp(p)
     p.add_argument("--channels-last", action="store_true", help="channels-last models and inputs")
     p.add_argument("--train", action="store_true", help="also time a training step and its memory")
     p.add_argument("--compare-separate", action="store_true", help="also run one single-task model per task")
     p.add_argument("--repeats", type=int, default=20, help="timed batches per combination (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per combination first (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory passes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of --accuracy's training")
     p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     p.add_argument("--accuracy", action="store_true",
                    help="train single-task models and the multi-task model, evaluate on val, report Δm")

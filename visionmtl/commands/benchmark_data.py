@@ -14,10 +14,10 @@ from visionmtl.cli import parse_args, run
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("config", help="YAML config whose training pipeline is timed")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts to time (default 1 2)")
     p.add_argument("--batches", type=int, default=30, help="batches timed per worker setting (after warm-up)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage breakdown")
     return p
 

@@ -13,12 +13,12 @@ from visionmtl.cli import parse_args, run
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("--split", default="train", choices=["train", "val"])
-    p.add_argument("--num", type=int, default=16)
-    p.add_argument("--out", default="runs/browse")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("config", help="YAML config whose datasets are drawn")
+    p.add_argument("--split", default="train", choices=["train", "val"], help="which split (train: augmented)")
+    p.add_argument("--num", type=int, default=16, help="samples to draw (default 16)")
+    p.add_argument("--out", default="runs/browse", help="output folder (default runs/browse)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--seed", type=int, default=0, help="which samples and augmentations (default 0)")
     return p
 
 

@@ -11,6 +11,7 @@ rendered frames. Prints CLEAR-MOT figures (MOTA, ID switches, FP, FN) per sequen
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 
 from visionmtl.cli import parse_args, run
@@ -19,12 +20,12 @@ from visionmtl.cli import parse_args, run
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="number of generated sequences")
-    p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--objects", type=int, default=4)
+    p.add_argument("--frames", type=int, default=100, help="frames per sequence (default 100)")
+    p.add_argument("--objects", type=int, default=4, help="moving objects per sequence (default 4)")
     p.add_argument("--checkpoint", help="run this checkpoint's detector on the rendered frames")
     p.add_argument("--conf", type=float, default=0.1, help="detector score threshold (low boxes feed stage two)")
-    p.add_argument("--track-buffer", type=int, default=30)
-    p.add_argument("--out", help="write the figures as JSON here")
+    p.add_argument("--track-buffer", type=int, default=30, help="frames a lost track is kept (default 30)")
+    p.add_argument("--out", help="folder to write tracking.json (every figure) into")
     return p
 
 
@@ -57,7 +58,8 @@ def main(args) -> None:
     print(f"overall: MOTA {total['MOTA']:.3f}  ID switches {total['IDSW']} over {args.seeds} sequences "
           f"of {args.frames} frames ({'detector: ' + args.checkpoint if args.checkpoint else 'noisy ground-truth detections'})")
     if args.out:
-        write_text(args.out, json.dumps({"sequences": rows, "overall": total}, indent=2, default=float))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.out) / "tracking.json", json.dumps({"sequences": rows, "overall": total}, indent=2, default=float))
 
 
 def cli(argv=None, prog=None) -> int:

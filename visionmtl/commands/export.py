@@ -27,7 +27,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint .pt written by the trainer")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    p.add_argument("--out", default=None, help="output .onnx file (default: the checkpoint's name with .onnx)")
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's); the file is named after "
+                                               "the checkpoint, best.pt -> best.onnx (and best.int8.onnx)")
     p.add_argument("--imgsz", type=int, default=None,
                    help="input side, a multiple of the largest stride (default: the config's evaluation size)")
     shape = p.add_mutually_exclusive_group()
@@ -52,7 +53,15 @@ def main(args) -> dict:
     from visionmtl.inference.export import calibration_images, export_onnx, quantize_int8
     from visionmtl.inference.onnx_model import OnnxModel
 
-    summary = export_onnx(args.checkpoint, args.out, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic,
+    out = None
+    if args.out:
+        from visionmtl.errors import ConfigError
+
+        if args.out.lower().endswith(".onnx"):
+            raise ConfigError(f"--out {args.out}: --out is a folder; the file is named after the checkpoint "
+                              f"({Path(args.checkpoint).stem}.onnx)")
+        out = str(Path(args.out) / (Path(args.checkpoint).stem + ".onnx"))
+    summary = export_onnx(args.checkpoint, out, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic,
                           opset=args.opset, tasks=args.tasks, check=not args.no_check)
     print(f"wrote {summary['path']} ({summary['bytes'] / 1e6:.1f} MB): tasks {', '.join(summary['tasks'])}, "
           f"imgsz {summary['imgsz']}, batch {summary['batch']}, opset {summary['opset']}")

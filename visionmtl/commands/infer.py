@@ -2,7 +2,7 @@
 """Run a trained checkpoint (or its ONNX export) on images, folders, globs, videos, webcams or streams.
 
     python tools/infer.py CHECKPOINT|MODEL.onnx --source SRC [--out DIR] [--tasks cls,det,seg] [--conf 0.3]
-        [--imgsz N] [--batch N] [--device auto|cpu|cuda] [--half] [--flip] [--save-json] [--no-draw]
+        [--imgsz N] [--batch N] [--device auto|cpu|cuda|N] [--amp [auto|bf16|fp16]] [--flip] [--save-json] [--no-draw]
         [--show] [--track] [--track-buffer 30] [--max-frames N]
 
 SRC: an image, a folder of images, a quoted glob ("imgs/**/*.jpg"), a video file (mp4, avi,
@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from visionmtl.cli import parse_args, run
+from visionmtl.cli import add_amp, add_verbosity, parse_args, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--imgsz", type=int, default=None, help="longest input side (default: the config's data.eval_img_size, else data.img_size)")
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--half", action="store_true", help="fp16 autocast on CUDA, bf16 on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or a GPU index N")
+    add_amp(p)
+    p.add_argument("--half", action="store_true", help=argparse.SUPPRESS)  # older spelling of --amp
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal-flip test-time augmentation, twice the model time (default: the config's data.eval_flip)")
     p.add_argument("--save-json", action="store_true", help="write predictions.jsonl (+ COCO results for image sets)")
@@ -50,10 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--reconnect", type=int, default=3, help="reconnect attempts when a stream or webcam drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--verbose", action="store_true", help="let FFmpeg print its own messages (quiet by default)")
     p.add_argument("--compare-model-only", type=int, default=0, metavar="N",
                    help="after the run, time the model alone on the first N frames at the same batch and size "
                         "and report end-to-end FPS as a fraction of it")
+    add_verbosity(p)  # --verbose also lets FFmpeg print its own messages (quiet by default)
     return p
 
 
@@ -93,7 +94,7 @@ def _run(args, source) -> dict:
     from visionmtl.inference.video import format_summary, run_video
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tasks=args.tasks, conf=args.conf,
-                                          imgsz=args.imgsz, half=args.half, flip=args.flip)
+                                          imgsz=args.imgsz, half=args.half, amp=args.amp, flip=args.flip)
     if predictor.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     info = source.info

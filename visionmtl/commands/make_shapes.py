@@ -1,6 +1,6 @@
 """Generate the synthetic shapes dataset (COCO format), the project's built-in default data.
 
-    python tools/make_shapes.py --out datasets/shapes --train 1000 --val 200 --size 128 --seed 0
+    python tools/make_shapes.py --out datasets/shapes --train 1000 --val 200 --imgsz 128 --seed 0
 
 writes ``OUT/{train,val}/images/*.jpg``, ``OUT/{train,val}/annotations.json`` and
 ``OUT/meta.json``; the same arguments always give identical files. ``--crops N`` also writes
@@ -51,7 +51,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--train", type=_count, default=1000, help="number of training images (default 1000)")
     parser.add_argument("--val", type=_count, default=200, help="number of validation images (default 200)")
     parser.add_argument(
-        "--size", type=_image_size, default=128, help=f"image side in px, >= {MIN_SIZE} (default 128)"
+        "--imgsz", "--size", dest="size", type=_image_size, default=128,
+        help=f"image side in px, >= {MIN_SIZE} (default 128)"
     )
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
     parser.add_argument(

@@ -33,9 +33,8 @@ def usable_workers(requested: int, world: int = 1, cuda: bool | None = None) -> 
 
     When the model computes on the CPU, its ``torch.get_num_threads()`` threads per rank keep
     their cores, and workers only get the rest. A worker that pre-empts one compute thread
-    stalls the others at the next barrier. On a 2-core machine (shapes demo, ResNet-18-FPN,
-    batch 16, 128 px) 50-iteration runs took 1.16 s/iteration with 2 workers and 0.89 s with 1
-    or 0; a step with its data loading took 0.77 s with one worker and 0.68 s with none.
+    stalls the others at the next barrier (measured in docs/results.md, "Measurements behind
+    design choices").
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     cap = _cpus() // max(world, 1) - (0 if cuda else torch.get_num_threads())

@@ -13,7 +13,10 @@ from .evaluate import evaluate
 from .runtime import pick_amp, pick_device
 
 
-def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str = "val", device: str = "auto") -> dict:
+def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str = "val", device: str = "auto",
+                        amp: str = "off", plots=None) -> dict:
+    """Metrics of ``checkpoint`` on ``config``'s ``split``, in fp32 unless ``amp`` asks for autocast;
+    with ``plots`` (a folder) also each task's confusion matrix or PR curves."""
     cfg = load_config(config, list(overrides))
     ckpt = load_checkpoint(checkpoint)
     classes = ckpt.get("classes")
@@ -34,9 +37,12 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     model = model.to(dev, memory_format=mf).eval()
     # the training split is evaluated with the eval transforms (no augmentation)
     loader = _eval_loader_for_train(cfg) if split == "train" else build_loader(cfg, split, shuffle=False)
-    amp = pick_amp(cfg.train.amp, dev) if dev.type == "cuda" else None  # CPU: fp32 whatever the CPU
-    return evaluate(model, loader, cfg.tasks, dev, amp, cfg.train.channels_last,
-                    flip=cfg.data.eval_flip)
+    try:
+        amp_dtype = pick_amp(amp, dev)  # default off: fp32, whatever the CPU or GPU
+    except ValueError as e:
+        raise ConfigError(f"--amp {amp}: {str(e).split(': ', 1)[-1]}") from None
+    return evaluate(model, loader, cfg.tasks, dev, amp_dtype, cfg.train.channels_last,
+                    flip=cfg.data.eval_flip, plots=plots)
 
 
 def _eval_loader_for_train(cfg):

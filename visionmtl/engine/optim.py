@@ -38,10 +38,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, extra_params: list | Non
                     only: set[int] | None = None) -> torch.optim.Optimizer:
     """SGD or AdamW over :func:`param_groups`, with torch's fused kernels where they apply.
 
-    PyTorch's default on the CPU is the per-parameter loop: for the demo's ResNet-18-FPN its
-    AdamW step took about 55 ms of a 750 ms training step on 2 cores, and the fused kernel was
-    13x faster than the loop in a side-by-side run. Where fused is unsupported (a device or
-    dtype), the multi-tensor (foreach) version is used.
+    PyTorch's default on the CPU is the per-parameter loop, a sizeable share of a small model's
+    step; the fused kernel is an order of magnitude faster (docs/results.md, "Measurements behind
+    design choices"). Where fused is unsupported (a device or dtype), the multi-tensor (foreach)
+    version is used.
     """
     groups = param_groups(model, cfg.weight_decay, only)
     if extra_params:

@@ -90,6 +90,15 @@ class Trainer:
         seed_everything(tc.seed + self.rank)
         self.main = self.rank == 0
         self.amp_dtype = pick_amp(tc.amp, self.device)
+        resolved = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[self.amp_dtype]
+        if self.main:  # what ran, in the log and in the run's config.yaml (saved below)
+            what = "fp32" if resolved == "off" else f"{resolved} autocast"
+            why = ""
+            if tc.amp == "auto" and self.device.type == "cpu":
+                why = " (this CPU has AMX / AVX512-BF16)" if resolved == "bf16" else " (no fast bf16 on this CPU)"
+            log.info("precision: %s on %s (train.amp %s%s%s); validation in fp32", what, self.device, tc.amp,
+                     f" -> {resolved}" if tc.amp != resolved else "", why)
+        tc.amp = resolved
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
 
@@ -325,7 +334,8 @@ class Trainer:
         return getattr(self.model, "_orig_mod", self.model)  # a compiled model evaluates eagerly (sizes vary)
 
     def evaluate(self, loader=None) -> dict:
-        return evaluate(self.eval_model, loader or self.val_loader, self.cfg.tasks, self.device, self.amp_dtype,
+        # fp32 whatever the training precision: which checkpoint is best must not depend on the CPU
+        return evaluate(self.eval_model, loader or self.val_loader, self.cfg.tasks, self.device, None,
                         self.cfg.train.channels_last, flip=self.cfg.data.eval_flip)
 
     # ----------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from ..models.graph import decode_outputs, graph_outputs
 from ..models.tta import merge_flip
 from ..tasks import spec
 from .onnx_model import OnnxModel
+from .results import Result
 
 __all__ = ["PreparedBatch", "Predictor", "parse_tasks", "to_rgb_uint8"]
 
@@ -124,9 +125,10 @@ class Predictor:
         tasks: task names (or head types) to run, default all; ``"cls,det"`` or a list.
         conf: detection score threshold of the results.
         imgsz: longest input side (default ``cfg.data.eval_size``: ``eval_img_size``, else ``img_size``).
-        half: fp16 autocast on CUDA, bf16 on CPU. Otherwise CUDA follows the trainer's ``auto``
-            rule (bf16 where supported) and a CPU runs fp32, so results on a CPU do not depend on
-            whether it has AMX / AVX512-BF16.
+        amp: autocast precision: ``"off"`` (default: fp32 on every device, so that a result
+            does not depend on which CPU or GPU computed it), ``"auto"`` (the trainer's rule: bf16
+            or fp16 on CUDA, bf16 on CPUs with AMX / AVX512-BF16), ``"bf16"`` or ``"fp16"``.
+        half: the older spelling of ``amp``: fp16 on CUDA, bf16 on a CPU.
         channels_last: run the model in channels-last memory format.
         batch_size: images per forward pass when called with a list.
         flip: horizontal-flip test-time augmentation (the model runs on each batch and its
@@ -136,7 +138,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg: Config, device: Union[str, torch.device] = "cpu",
                  tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3, imgsz: Optional[int] = None,
                  half: bool = False, channels_last: bool = True, batch_size: int = 8,
-                 flip: Optional[bool] = None, onnx: Optional[OnnxModel] = None) -> None:
+                 flip: Optional[bool] = None, onnx: Optional[OnnxModel] = None, amp: str = "off") -> None:
         self.onnx = onnx
         self.device = torch.device(device)
         self.cfg = cfg
@@ -148,16 +150,20 @@ class Predictor:
         self.imgsz = int(imgsz or (onnx.imgsz if onnx is not None else cfg.data.eval_size))
         if self.imgsz < 32:
             raise ConfigError(f"--imgsz must be at least 32, got {self.imgsz}")
+        if half and amp == "off":
+            amp = "fp16" if self.device.type == "cuda" else "bf16"
+        if amp not in ("off", "auto", "bf16", "fp16"):
+            raise ConfigError(f"--amp {amp}: use off, auto, bf16 or fp16")
         if onnx is not None:
-            self._check_onnx(onnx, half, flip)
+            self._check_onnx(onnx, amp != "off", flip)
         self.batch_size = max(1, int(batch_size))
         self.flip = bool(cfg.data.eval_flip if flip is None else flip)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
-        if half:
-            self.amp_dtype = pick_amp("fp16" if self.device.type == "cuda" else "bf16", self.device)
-        else:  # a CPU's result must not depend on which CPU ran it: bf16 there only with half
-            self.amp_dtype = pick_amp("auto", self.device) if self.device.type == "cuda" else None
+        try:
+            self.amp_dtype = pick_amp(amp, self.device)  # "off" -> None: fp32
+        except ValueError as e:
+            raise ConfigError(f"--amp {amp}: {str(e).split(': ', 1)[-1]}") from None
         aug = cfg.data.augment
         self.mean = torch.tensor(aug.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(aug.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0)
@@ -168,7 +174,7 @@ class Predictor:
         if self.device.type != "cpu":
             raise ConfigError(f"--device {self.device}: an ONNX model runs on the CPU (onnxruntime's CPU provider)")
         if half:
-            raise ConfigError(f"--half: {onnx.path} runs in the precision it was exported in ({onnx.precision})")
+            raise ConfigError(f"--amp: {onnx.path} runs in the precision it was exported in ({onnx.precision})")
         if flip:
             raise ConfigError("--flip: flip test-time augmentation needs the PyTorch model (a checkpoint)")
         self.flip = False
@@ -200,7 +206,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
                         tasks: Optional[Union[str, Sequence[str]]] = None, conf: float = 0.3,
-                        imgsz: Optional[int] = None, half: bool = False, **kwargs: Any) -> "Predictor":
+                        imgsz: Optional[int] = None, half: bool = False, amp: str = "off",
+                        **kwargs: Any) -> "Predictor":
         """Load a checkpoint that carries its config and class names (``Trainer`` writes these).
 
         Raises:
@@ -210,13 +217,14 @@ class Predictor:
         An ``.onnx`` file goes to :meth:`from_onnx`.
         """
         if str(path).lower().endswith(".onnx"):
-            return cls.from_onnx(path, device=device, tasks=tasks, conf=conf, imgsz=imgsz, half=half, **kwargs)
+            return cls.from_onnx(path, device=device, tasks=tasks, conf=conf, imgsz=imgsz, half=half, amp=amp,
+                                 **kwargs)
         try:
             dev = pick_device(str(device))
         except RuntimeError as e:
             raise ConfigError(f"--device {device}: {e}") from None
         model, cfg, _ = load_trained(str(path), "cpu")
-        return cls(model, cfg, dev, tasks=tasks, conf=conf, imgsz=imgsz, half=half, **kwargs)
+        return cls(model, cfg, dev, tasks=tasks, conf=conf, imgsz=imgsz, half=half, amp=amp, **kwargs)
 
     def __repr__(self) -> str:
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
@@ -314,8 +322,11 @@ class Predictor:
         batch = self.prepare(images)
         return self.postprocess(self.forward(batch, min_score), batch, min_score)
 
-    def __call__(self, images: Union[ImageLike, Sequence[ImageLike]]) -> Union[dict, list[dict]]:
-        """Predict one image (array or path) -> result, or a list of them -> list of results.
+    def __call__(self, images: Union[ImageLike, Sequence[ImageLike]]) -> Union[Result, list[Result]]:
+        """Predict one image (array or path) -> :class:`Result`, or a list of them -> a list.
+
+        A ``Result`` is the ``{task: {...}}`` dict that can also ``plot()``, ``save(path)`` and
+        ``to_json()`` itself.
 
         Arrays are HxWx3 uint8 **RGB** (grey and RGBA are converted); paths are read with OpenCV.
         """
@@ -323,7 +334,10 @@ class Predictor:
         items = [images] if single else list(images)
         arrays = [read_image(str(x)) if isinstance(x, (str, os.PathLike)) else to_rgb_uint8(x, f"image {i}")
                   for i, x in enumerate(items)]
-        out: list[dict] = []
+        paths = [str(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
+        out: list[Result] = []
         for k in range(0, len(arrays), self.batch_size):
-            out += self.predict_batch(arrays[k: k + self.batch_size])
+            chunk = arrays[k: k + self.batch_size]
+            out += [Result(r, img, self.tasks, self.conf, p)
+                    for r, img, p in zip(self.predict_batch(chunk), chunk, paths[k: k + self.batch_size])]
         return out[0] if single else out

@@ -327,7 +327,7 @@ class SegmentationHead(nn.Module):
         size), the logits are bilinearly resized down to it before the arg-max, as
         MMSegmentation does; when it is larger (e.g. video frames), the arg-maxed label map is
         nearest-resized up, which costs a fraction of resizing ``C`` logit maps to full frames
-        (9 against 25 ms per 768x576 frame of post-processing).
+        (docs/results.md, "Measurements behind design choices").
 
         Returns:
             One dict per image: ``{"mask": int64 [h, w]}`` (original size when given, else the
