@@ -163,9 +163,9 @@ def test_cli_bad_input_one_line_errors(tmp_path, shapes_dir):
     r = run_tool("tools/eval.py", str(other_path), str(tmp_path / "run" / "last.pt"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "last.pt" in r.stderr, r.stderr
     # and the matching config evaluates, printing the fixed keys
-    r = run_tool("tools/eval.py", str(good), str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "m.json"))
+    r = run_tool("tools/eval.py", str(good), str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "m"))
     assert r.returncode == 0, r.stderr
-    assert "mAP" in json.loads((tmp_path / "m.json").read_text())["cls"]
+    assert "mAP" in json.loads((tmp_path / "m" / "metrics.json").read_text())["cls"]
 
 
 DDP_SCRIPT = r"""

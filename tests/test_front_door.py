@@ -65,9 +65,11 @@ def test_readme_python_example_runs(tmp_path):
     assert "from visionmtl import load_config, Trainer, Predictor" in code
     _shapes(tmp_path)
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                            "VISIONMTL_DATASETS": str(tmp_path / "data")})  # a checkout's data/ is tmp_path's
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "runs" / "shapes_r18_3heads" / "best.pt").is_file()
+    assert (tmp_path / "prediction.jpg").is_file()
     assert "(100, 4)" in p.stdout or re.search(r"\(\d+, 4\) \(128, 128\)", p.stdout), p.stdout
 
 

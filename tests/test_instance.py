@@ -158,10 +158,10 @@ def test_instance_head_learns_and_eval_equals_pycocotools_on_saved_json(tmp_path
     cfg_file = tmp_path / "config.yaml"
     assert cfg_file.exists()
     ev = _tool("eval")
-    out_json = tmp_path / "eval.json"
     assert run(ev.main, ev.get_args_parser().parse_args([str(cfg_file), str(tmp_path / "last.pt"), "--split", "val",
-                                                         "--out", str(out_json), "--device", "cpu"])) == 0
-    ours = json.loads(out_json.read_text())["inst"]
+                                                         "--out", str(tmp_path / "eval"), "--device", "cpu"])) == 0
+    ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())["inst"]
+    assert (tmp_path / "eval" / "inst_pr_curve.png").is_file() and (tmp_path / "eval" / "det_pr_curve.png").is_file()
     # tools/infer.py over the same images, COCO results saved; pycocotools against the annotations
     ann = data / "train" / "annotations.json"
     infer = _tool("infer")

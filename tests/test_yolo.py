@@ -478,9 +478,9 @@ def test_train_and_eval_from_a_yolo_data_yaml(capsys, tmp_path, shapes_yolo):
     code, err = _call(capsys, "train", [cfg])
     assert code == 0, err[-3000:]
     assert (tmp_path / "w" / "last.pt").is_file()
-    code, err = _call(capsys, "eval", [cfg, tmp_path / "w" / "last.pt", "--out", tmp_path / "m.json"])
+    code, err = _call(capsys, "eval", [cfg, tmp_path / "w" / "last.pt", "--out", tmp_path / "m"])
     assert code == 0, err[-3000:]
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert {"cls", "det", "seg"} <= set(metrics)
     assert "mAP" in metrics["det"] and "mIoU" in metrics["seg"] and "mAP" in metrics["cls"]
 

@@ -9,7 +9,8 @@ before torch is loaded)::
     trainer = Trainer(cfg)                      # runs/shapes_r18_3heads, or the next free numbered folder
     trainer.train()
     predictor = Predictor.from_checkpoint(trainer.work_dir / "best.pt")
-    result = predictor("image.jpg")             # {task: {...}} in original pixels
+    result = predictor("image.jpg")             # a Result: {task: {...}} in original pixels
+    result.save("prediction.jpg")               # drawn; result.plot() -> RGB array
 """
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ _API = {
     "Config": ("visionmtl.config", "Config"),
     "Trainer": ("visionmtl.engine.trainer", "Trainer"),
     "Predictor": ("visionmtl.inference.predictor", "Predictor"),
+    "Result": ("visionmtl.inference.results", "Result"),
     "export_onnx": ("visionmtl.inference.export", "export_onnx"),
 }
 __all__ = ["__version__", *_API]

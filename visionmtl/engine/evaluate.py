@@ -11,7 +11,9 @@ carry a task's label count for that task. Metrics are reduced across DDP ranks.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 
@@ -35,11 +37,13 @@ def lower_is_better(task, metric: str) -> bool:
 
 @torch.inference_mode()
 def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: bool = True,
-             max_batches: int = 0, flip: bool = False) -> dict:
+             max_batches: int = 0, flip: bool = False, plots: Optional[str | os.PathLike] = None) -> dict:
     """Return ``{task: metrics}``: each task's spec's evaluator over the images labelled for it
     (cls ``mAP``/``top1``, det ``mAP``/``mAP50``, seg ``mIoU``, reg ``MAE``/``RMSE``).
 
     ``flip``: merge each batch's predictions with its mirrored copy's (:mod:`visionmtl.models.tta`).
+    ``plots``: a folder where each evaluator that can draws its figures (confusion matrices, PR
+    curves); their paths are returned under ``"plots"``.
     """
     net = getattr(model, "module", model)
     was_training = net.training
@@ -71,10 +75,15 @@ def evaluate(model, loader, tasks: dict, device, amp_dtype=None, channels_last: 
             if idx:
                 spec(t).update(evaluators[name], t, [preds[i][name] for i in idx], [batch.targets[i] for i in idx],
                                [batch.meta[i] for i in idx])
-    results = {}
+    results: dict = {}
+    drawn: list[str] = []
     for name, ev in evaluators.items():
         ev.sync()
         results[name] = ev.compute()
+        if plots is not None and hasattr(ev, "plot"):
+            drawn += [str(p) for p in ev.plot(plots, name)]
+    if drawn:
+        results["plots"] = drawn
     if n_bad:
         results["n_bad"] = n_bad
     net.train(was_training)

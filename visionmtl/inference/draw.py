@@ -13,15 +13,18 @@ from ..draw import (_line_height, _text, draw_boxes, draw_labels, draw_mask, pal
                     to_numpy)
 from ..tasks import spec
 
-__all__ = ["draw_boxes", "draw_labels", "draw_mask", "draw_result", "palette", "text_scale"]
+__all__ = ["draw_boxes", "draw_labels", "draw_mask", "draw_result", "draw_targets", "palette", "rescale_result",
+           "side_by_side", "text_scale"]
 
 
-def draw_result(img: np.ndarray, result: dict, tasks: dict, score_thresh: float = 0.3) -> np.ndarray:
+def draw_result(img: np.ndarray, result: dict, tasks: dict, score_thresh: float = 0.3,
+                text_strip: bool = False) -> np.ndarray:
     """Draw every head's output of one prediction ``{task: {...}}`` over ``img`` (original pixels).
 
     Tasks draw in their spec's layer order: masks first (with their legend), then boxes with
     ``score >= score_thresh`` (``#id`` when the result has ``track_ids``), then one text line
-    per image-level task (top classes and probabilities, regression values).
+    per image-level task (top classes and probabilities, regression values): over the image's top
+    left, or with ``text_strip`` in a white band added above it, where it hides nothing.
     """
     out = img.copy()
     lines: list[str] = []
@@ -29,8 +32,67 @@ def draw_result(img: np.ndarray, result: dict, tasks: dict, score_thresh: float 
     for name in order:
         out, more = spec(tasks[name]).draw(out, name, tasks[name], result[name], score_thresh)
         lines += more
+    return _write_lines(out, lines, text_strip)
+
+
+def draw_targets(img: np.ndarray, target: dict, tasks: dict, text_strip: bool = False) -> np.ndarray:
+    """Draw a ground-truth ``target`` (tensors, the dataset's format, in ``img``'s pixels) through
+    each task's spec, as :func:`draw_result` draws a prediction."""
+    out = img.copy()
+    lines: list[str] = []
+    for name in sorted(tasks, key=lambda n: spec(tasks[n]).draw_layer):
+        out, more = spec(tasks[name]).draw_target(out, name, tasks[name], target)
+        lines += more
+    return _write_lines(out, lines, text_strip)
+
+
+def rescale_result(result: dict, scale: float, orig_hw: tuple[int, int]) -> dict:
+    """A prediction ``{task: {...}}`` in the pixels of the image resized by ``scale``: boxes and
+    points scaled, every array shaped like the image (``[H,W]`` or ``[N,H,W]`` masks) resized
+    nearest-neighbour. Other values are shared, not copied."""
+    import cv2
+
+    h, w = orig_hw
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out: dict = {}
+    for task, r in result.items():
+        if not isinstance(r, dict):
+            out[task] = r
+            continue
+        new = dict(r)
+        for k, v in r.items():
+            if not isinstance(v, np.ndarray):
+                continue
+            if k in ("boxes", "points", "keypoints"):
+                new[k] = v * scale
+            elif v.ndim >= 2 and v.shape[-2:] == (h, w):
+                flat = v.reshape(-1, h, w)
+                new[k] = np.stack([cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in flat]).reshape(
+                    v.shape[:-2] + (size[1], size[0])) if len(flat) else np.zeros(v.shape[:-2] + (size[1], size[0]), v.dtype)
+        out[task] = new
+    return out
+
+
+def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 6) -> np.ndarray:
+    """Panels (RGB uint8) in one row, each under its title, on white."""
+    h = max(p.shape[0] for p in panels)
+    scale = text_scale(panels[0])
+    top = _line_height(scale) + 4
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    canvas = np.full((h + top, width, 3), 255, np.uint8)
+    x = 0
+    for p, title in zip(panels, titles):
+        canvas[top:top + p.shape[0], x:x + p.shape[1]] = p
+        _text(canvas, title, (x + 2, top - 3), (30, 30, 30), scale)
+        x += p.shape[1] + gap
+    return canvas
+
+
+def _write_lines(out: np.ndarray, lines: list[str], text_strip: bool) -> np.ndarray:
     scale = text_scale(out)
     step = _line_height(scale)
+    if text_strip and lines:
+        out = np.concatenate([np.full((step * len(lines) + 4, out.shape[1], 3), 255, np.uint8), out])
     for k, text in enumerate(lines):
         _text(out, text, (2, step * (k + 1)), (30, 30, 30), scale)
     return out

@@ -45,7 +45,7 @@ class _OnnxNet:
         return decode_outputs(self.model.skeleton.heads, out, sizes, origs)
 
 
-def evaluate_onnx(config: str, path: str, overrides=(), split: str = "val") -> dict:
+def evaluate_onnx(config: str, path: str, overrides=(), split: str = "val", plots=None) -> dict:
     """``{task: metrics}`` of the ONNX model on ``config``'s ``split`` (the file's tasks must be the config's)."""
     cfg = load_config(config, list(overrides))
     model = OnnxModel(path)
@@ -62,4 +62,4 @@ def evaluate_onnx(config: str, path: str, overrides=(), split: str = "val") -> d
     else:
         loader = build_loader(cfg, split, shuffle=False)
     net = _OnnxNet(model, cfg.data.augment.mean, cfg.data.augment.std)
-    return evaluate(net, loader, cfg.tasks, torch.device("cpu"), None, channels_last=False)
+    return evaluate(net, loader, cfg.tasks, torch.device("cpu"), None, channels_last=False, plots=plots)

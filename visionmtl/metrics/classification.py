@@ -197,6 +197,23 @@ class ClassificationEvaluator:
         self._scores = [g[0] for g in gathered]
         self._targets = [g[1] for g in gathered]
 
+    def plot(self, folder, name: str) -> list:
+        """``<name>_confusion_matrix.png``: true class by top-1 class (multi-class), or a 2x2
+        present / absent matrix per class at score 0.5 (multi-label)."""
+        from pathlib import Path
+
+        from .plots import plot_binary_confusions, plot_confusion
+
+        scores, targets = self._state()
+        path = Path(folder) / f"{name}_confusion_matrix.png"
+        if self.multilabel:
+            return [plot_binary_confusions(scores, targets, self.classes, path, name)]
+        c = self.num_classes
+        m = np.zeros((c, c), np.int64)
+        if len(scores):
+            np.add.at(m, (targets, scores.argmax(1)), 1)
+        return [plot_confusion(m, self.classes, path, name)]
+
     # ------------------------------------------------------------------ compute
     def compute(self) -> dict:
         scores, targets = self._state()

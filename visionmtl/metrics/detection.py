@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -265,6 +266,16 @@ class CocoDetectionEvaluator:
                             "AP50": {n: None for n in self.classes}}
         return out
 
+    def plot(self, folder, name: str) -> list:
+        """``<name>_pr_curve.png``: precision-recall at IoU 0.5 per class (after :meth:`compute`)."""
+        from .plots import plot_pr_curves
+
+        pr = getattr(self, "_pr50", None)
+        if pr is None:
+            return []
+        return [plot_pr_curves(pr[0], pr[1], self.classes, Path(folder) / f"{name}_pr_curve.png",
+                               f"{name} ({self.iou_type})")]
+
     def compute(self) -> dict:
         """Run COCOeval on everything accumulated so far (see class docstring)."""
         if not self._records:
@@ -294,6 +305,9 @@ class CocoDetectionEvaluator:
         m_100 = p.maxDets.index(100) if 100 in p.maxDets else len(p.maxDets) - 1
         t_50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
         k_of = {cid: k for k, cid in enumerate(p.catIds)}
+        # the PR curves at IoU 0.5, class order of self.classes (plot)
+        self._pr50 = (np.stack([precision[t_50, :, k_of[c], a_all, m_100] for c in self.cat_ids], 1),
+                      np.asarray(p.recThrs))
         per_ap, per_ap50 = {}, {}
         for name, cid in zip(self.classes, self.cat_ids):
             k = k_of[cid]

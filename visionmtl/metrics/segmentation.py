@@ -131,6 +131,15 @@ class SegmentationEvaluator:
         dist.all_reduce(mat, op=dist.ReduceOp.SUM)
         self._matrix = mat.to(home)
 
+    def plot(self, folder, name: str) -> list:
+        """``<name>_confusion_matrix.png``: pixels of each ground-truth class by predicted class."""
+        from pathlib import Path
+
+        from .plots import plot_confusion
+
+        return [plot_confusion(self.confusion_matrix.cpu().numpy(), self.classes,
+                               Path(folder) / f"{name}_confusion_matrix.png", name, unit="pixels")]
+
     def compute(self) -> dict:
         """Metrics from the accumulated confusion matrix (see class docstring)."""
         m = self.confusion_matrix.detach().cpu().to(torch.float64).numpy()
