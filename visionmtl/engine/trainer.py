@@ -431,7 +431,7 @@ def _refuse_other_config(folder: Path, cfg: Config) -> None:
     key = _other_config(theirs, cfg)
     if key:
         raise ConfigError(f"{folder}: holds the run of another config ({key} differs); --exist-ok would "
-                              f"overwrite it: choose another --work-dir, or leave out --exist-ok for a new "
+                              f"overwrite it: choose another --out, or leave out --exist-ok for a new "
                               f"numbered folder")
 
 
