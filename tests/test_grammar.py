@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from visionmtl.cli import AMP_CHOICES, add_verbosity, run
+from visionmtl.cli import add_verbosity, run
+from visionmtl.config_check import AMP_MODES
 from visionmtl.commands import SUBCOMMANDS
 
 from .test_engine import tiny_cfg
@@ -44,7 +45,7 @@ def test_every_option_has_help_and_the_shared_flags(name):
         assert s != "--size" or "--imgsz" in a.option_strings, f"{name}: --size without --imgsz"
         assert s not in ("--half", "--precision") or a.help == argparse.SUPPRESS, f"{name}: {s} is not the flag"
     if "--amp" in opts:
-        assert tuple(opts["--amp"].choices) == AMP_CHOICES and opts["--amp"].const == "auto"
+        assert tuple(opts["--amp"].choices) == AMP_MODES and opts["--amp"].const == "auto"
     if "--device" in opts:
         assert "GPU index N" in opts["--device"].help
 

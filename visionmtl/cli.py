@@ -18,16 +18,15 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-AMP_CHOICES = ("off", "auto", "bf16", "fp16")
-
-
 def add_amp(parser, default: Optional[str] = "off") -> None:
     """The one precision flag of every command: ``--amp [off|auto|bf16|fp16]`` (bare = auto)."""
     if default == "off":
         what = "default off: fp32 on every device, so results do not depend on the CPU or GPU"
     else:
         what = "default: the config's train.amp"
-    parser.add_argument("--amp", nargs="?", const="auto", default=default, choices=AMP_CHOICES,
+    from .config_check import AMP_MODES
+
+    parser.add_argument("--amp", nargs="?", const="auto", default=default, choices=AMP_MODES,
                         help=f"autocast precision: off, auto (bf16/fp16 on CUDA, bf16 on CPUs with AMX or "
                              f"AVX512-BF16), bf16 or fp16; bare --amp = auto ({what})")
 

@@ -18,6 +18,7 @@ from .paths import resolve
 __all__ = ["choice", "validate", "where"]
 
 SHARING_MODES = ("hard", "soft", "mtan", "private")
+AMP_MODES = ("off", "auto", "bf16", "fp16")  # train.amp and every command's --amp
 
 
 def where(key: str, origin: dict, default_file: str) -> str:
@@ -75,7 +76,7 @@ def validate(cfg: Any, origin: dict, file: str) -> None:
     choice(d.on_bad_sample, ("error", "skip"), "data.on_bad_sample", origin, file)
     choice(tc.optimizer, ("adamw", "sgd"), "train.optimizer", origin, file)
     choice(tc.schedule, ("cosine", "step", "constant"), "train.schedule", origin, file)
-    choice(tc.amp, ("auto", "bf16", "fp16", "off"), "train.amp", origin, file)
+    choice(tc.amp, AMP_MODES, "train.amp", origin, file)
     _positive_multiple(d.img_size, "data.img_size", origin, file, zero_ok=False)
     _positive_multiple(d.augment.crop_size, "data.augment.crop_size", origin, file, zero_ok=True)
     _positive_multiple(d.eval_img_size, "data.eval_img_size", origin, file, zero_ok=True)

@@ -153,8 +153,10 @@ def draw_instances(img: np.ndarray, masks, track_ids=None, alpha: float = 0.5) -
 
 
 def draw_labels(img: np.ndarray, names: Sequence[str], probs: Optional[Sequence[float]] = None,
-                title: str = "", top_k: int = 5) -> np.ndarray:
-    """Write image-level labels (top-k by probability when ``probs`` is given) at the top left."""
+                title: str = "", top_k: int = 5, strip: bool = False) -> np.ndarray:
+    """Write image-level labels (top-k by probability when ``probs`` is given) at the top left, in
+    place; with ``strip``, into a white band added above the image instead (a new array), where
+    they hide nothing."""
     lines = []
     if probs is not None:
         order = np.argsort(-np.asarray(probs))[:top_k]
@@ -165,6 +167,8 @@ def draw_labels(img: np.ndarray, names: Sequence[str], probs: Optional[Sequence[
         lines = [title] + lines
     scale = text_scale(img)
     step = _line_height(scale)
+    if strip and lines:
+        img = np.concatenate([np.full((step * len(lines) + 4, img.shape[1], 3), 255, np.uint8), img])
     for k, line in enumerate(lines):
         _text(img, line, (2, step * (k + 1)), (30, 30, 30), scale)
     return img

@@ -21,15 +21,22 @@ def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
     return np.clip(img * 255.0, 0, 255).astype(np.uint8)
 
 
+def draw_targets(img: np.ndarray, target: dict, tasks: dict, title: str = "", text_strip: bool = False) -> np.ndarray:
+    """Every task's ground truth (tensors, the dataset's format, in ``img``'s pixels) drawn by its
+    spec over a copy of ``img``: masks, then boxes, then one text line per image-level task
+    (after ``title``), over the image or in a band above it."""
+    img = img.copy()
+    lines = [title] if title else []
+    for name in sorted(tasks, key=lambda n: spec(tasks[n]).draw_layer):
+        img, more = spec(tasks[name]).draw_target(img, name, tasks[name], target)
+        lines += more
+    return draw_labels(img, lines, strip=text_strip)
+
+
 def render_sample(sample: dict, tasks: dict, mean, std) -> np.ndarray:
     """The sample's image with every task's target drawn by its spec (masks, then boxes, then text)."""
-    img = denormalize(sample["image"], mean, std)
-    t = sample["target"]
-    lines = [f"{sample['meta']['dataset']}: {Path(sample['meta']['path']).name}"]
-    for name in sorted(tasks, key=lambda n: spec(tasks[n]).draw_layer):
-        img, more = spec(tasks[name]).draw_target(img, name, tasks[name], t)
-        lines += more
-    return draw_labels(img, lines)
+    title = f"{sample['meta']['dataset']}: {Path(sample['meta']['path']).name}"
+    return draw_targets(denormalize(sample["image"], mean, std), sample["target"], tasks, title)
 
 
 def browse(cfg, split: str, num: int, out: str, seed: int = 0) -> list[Path]:

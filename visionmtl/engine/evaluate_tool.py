@@ -37,10 +37,7 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides=(), split: str =
     model = model.to(dev, memory_format=mf).eval()
     # the training split is evaluated with the eval transforms (no augmentation)
     loader = _eval_loader_for_train(cfg) if split == "train" else build_loader(cfg, split, shuffle=False)
-    try:
-        amp_dtype = pick_amp(amp, dev)  # default off: fp32, whatever the CPU or GPU
-    except ValueError as e:
-        raise ConfigError(f"--amp {amp}: {str(e).split(': ', 1)[-1]}") from None
+    amp_dtype = pick_amp(amp, dev, "--amp")  # default off: fp32, whatever the CPU or GPU
     return evaluate(model, loader, cfg.tasks, dev, amp_dtype, cfg.train.channels_last,
                     flip=cfg.data.eval_flip, plots=plots)
 

@@ -18,9 +18,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..config_check import AMP_MODES
 from ..errors import ConfigError
 
-__all__ = ["CPU_BF16_ENV", "check_compile", "cpu_bf16_fast", "pick_amp", "pick_device",
+__all__ = ["AMP_MODES", "CPU_BF16_ENV", "check_compile", "cpu_bf16_fast", "pick_amp", "pick_device",
            "seed_everything"]
 
 CPU_BF16_ENV = "VISIONMTL_CPU_BF16"
@@ -63,8 +64,15 @@ def cpu_bf16_fast() -> bool:
         return False
 
 
-def pick_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``train.amp`` on ``device``, or None for fp32."""
+def pick_amp(mode: str, device: torch.device, key: str = "train.amp") -> Optional[torch.dtype]:
+    """The autocast dtype for ``mode`` (``train.amp``, or the ``--amp`` flag: ``key`` names it in
+    errors) on ``device``, or None for fp32.
+
+    Raises:
+        ConfigError: an unknown mode, or fp16 on a CPU.
+    """
+    if mode not in AMP_MODES:
+        raise ConfigError(f"{key} {mode}: use {', '.join(AMP_MODES)}")
     if mode == "off":
         return None
     if device.type == "cuda":
@@ -74,7 +82,7 @@ def pick_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
             return torch.bfloat16
         return torch.float16
     if mode == "fp16":
-        raise ValueError("train.amp: fp16 autocast is for CUDA; use bf16 or off on CPU")
+        raise ConfigError(f"{key} fp16: fp16 autocast is for CUDA; use bf16 or off on CPU")
     if mode == "bf16" or (mode == "auto" and cpu_bf16_fast()):
         return torch.bfloat16
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.browse import draw_targets  # noqa: F401  (ground truth, drawn as draw_result draws a prediction)
 from ..draw import (_line_height, _text, draw_boxes, draw_labels, draw_mask, palette, text_scale,  # noqa: F401
                     to_numpy)
 from ..tasks import spec
@@ -32,28 +33,16 @@ def draw_result(img: np.ndarray, result: dict, tasks: dict, score_thresh: float 
     for name in order:
         out, more = spec(tasks[name]).draw(out, name, tasks[name], result[name], score_thresh)
         lines += more
-    return _write_lines(out, lines, text_strip)
-
-
-def draw_targets(img: np.ndarray, target: dict, tasks: dict, text_strip: bool = False) -> np.ndarray:
-    """Draw a ground-truth ``target`` (tensors, the dataset's format, in ``img``'s pixels) through
-    each task's spec, as :func:`draw_result` draws a prediction."""
-    out = img.copy()
-    lines: list[str] = []
-    for name in sorted(tasks, key=lambda n: spec(tasks[n]).draw_layer):
-        out, more = spec(tasks[name]).draw_target(out, name, tasks[name], target)
-        lines += more
-    return _write_lines(out, lines, text_strip)
+    return draw_labels(out, lines, strip=text_strip)
 
 
 def rescale_result(result: dict, scale: float, orig_hw: tuple[int, int]) -> dict:
     """A prediction ``{task: {...}}`` in the pixels of the image resized by ``scale``: boxes and
-    points scaled, every array shaped like the image (``[H,W]`` or ``[N,H,W]`` masks) resized
-    nearest-neighbour. Other values are shared, not copied."""
-    import cv2
-
+    points scaled, every array shaped like the image (``[H,W]`` or ``[N,H,W]`` masks, any dtype)
+    resized nearest-neighbour. Other values are shared, not copied."""
     h, w = orig_hw
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rows = np.minimum(np.arange(max(1, round(h * scale))) * h // max(1, round(h * scale)), h - 1)
+    cols = np.minimum(np.arange(max(1, round(w * scale))) * w // max(1, round(w * scale)), w - 1)
     out: dict = {}
     for task, r in result.items():
         if not isinstance(r, dict):
@@ -66,9 +55,7 @@ def rescale_result(result: dict, scale: float, orig_hw: tuple[int, int]) -> dict
             if k in ("boxes", "points", "keypoints"):
                 new[k] = v * scale
             elif v.ndim >= 2 and v.shape[-2:] == (h, w):
-                flat = v.reshape(-1, h, w)
-                new[k] = np.stack([cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in flat]).reshape(
-                    v.shape[:-2] + (size[1], size[0])) if len(flat) else np.zeros(v.shape[:-2] + (size[1], size[0]), v.dtype)
+                new[k] = v[..., rows[:, None], cols[None, :]]
         out[task] = new
     return out
 
@@ -86,13 +73,3 @@ def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 6) -> n
         _text(canvas, title, (x + 2, top - 3), (30, 30, 30), scale)
         x += p.shape[1] + gap
     return canvas
-
-
-def _write_lines(out: np.ndarray, lines: list[str], text_strip: bool) -> np.ndarray:
-    scale = text_scale(out)
-    step = _line_height(scale)
-    if text_strip and lines:
-        out = np.concatenate([np.full((step * len(lines) + 4, out.shape[1], 3), 255, np.uint8), out])
-    for k, text in enumerate(lines):
-        _text(out, text, (2, step * (k + 1)), (30, 30, 30), scale)
-    return out

@@ -152,18 +152,13 @@ class Predictor:
             raise ConfigError(f"--imgsz must be at least 32, got {self.imgsz}")
         if half and amp == "off":
             amp = "fp16" if self.device.type == "cuda" else "bf16"
-        if amp not in ("off", "auto", "bf16", "fp16"):
-            raise ConfigError(f"--amp {amp}: use off, auto, bf16 or fp16")
         if onnx is not None:
             self._check_onnx(onnx, amp != "off", flip)
         self.batch_size = max(1, int(batch_size))
         self.flip = bool(cfg.data.eval_flip if flip is None else flip)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
-        try:
-            self.amp_dtype = pick_amp(amp, self.device)  # "off" -> None: fp32
-        except ValueError as e:
-            raise ConfigError(f"--amp {amp}: {str(e).split(': ', 1)[-1]}") from None
+        self.amp_dtype = pick_amp(amp, self.device, "--amp")  # "off" -> None: fp32
         aug = cfg.data.augment
         self.mean = torch.tensor(aug.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(aug.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0)
