@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import real_data
 from tests.data_helpers import coco_dict, truncate_file, write_image, write_json, write_mask
@@ -80,6 +81,12 @@ def test_masks_report_counts_every_problem_and_goes_on(tmp_path):
     assert e["images_per_class"] == {"car": 1, "road": 1, "sky": 1}
     text = format_report([e])
     assert "problems: 3" in text and "mask of the wrong size: 1" in text
+    # ENet's class weights 1/ln(1.02 + p), mean 1, in the mask's class order, ready to paste
+    share = {"road": (320 - 68) / 320, "car": 36 / 320, "sky": 32 / 320}
+    raw = [1 / np.log(1.02 + share[c]) for c in ("road", "car", "sky")]
+    assert e["class_weight_enet"] == pytest.approx([w * 3 / sum(raw) for w in raw], abs=1e-3)
+    assert e["class_weight_enet"][0] < 1 < e["class_weight_enet"][2]  # the rarest class weighs most
+    assert "head.class_weight: [" in text
 
 
 def test_coco_report_figures(tmp_path):

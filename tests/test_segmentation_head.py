@@ -177,6 +177,51 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept():
         SegmentationHead("seg", 8, 3, ohem_thresh=1.5)
 
 
+def test_class_weight_weights_each_pixel_by_its_true_class():
+    """``class_weight``: the weighted mean of torch's CE, plain or over OHEM's hard pixels (chosen
+    by the unweighted probability); a heavier class gets a larger share of the gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16) * 3
+    masks = torch.randint(0, 3, (2, 16, 16))
+    masks[1, :5] = 255
+    targets, has = [{"mask": m} for m in masks], torch.tensor([True, True])
+    w = torch.tensor([0.2, 1.0, 3.0])
+    head = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8, class_weight=w.tolist())
+    want = torch.nn.functional.cross_entropy(logits, masks, weight=w, ignore_index=255)
+    assert head.loss({"logits": logits}, targets, has)["ce"].item() == pytest.approx(want.item(), rel=1e-5)
+    unweighted = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255)
+    assert abs(want.item() - unweighted.item()) > 1e-3  # the weights change the loss
+
+    ohem = SegmentationHead("seg", 8, 3, levels=["p2"], strides=[1], channels=8, ohem_thresh=0.7,
+                            ohem_min_kept=0.05, class_weight=w.tolist())
+    ce = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255, reduction="none")
+    hard = (masks != 255) & ((-ce).exp() <= 0.7)
+    assert hard.sum() > 0.05 * (masks != 255).sum()  # enough under the threshold: exactly those count
+    wp = w[masks[hard]]
+    x = logits.clone().requires_grad_(True)
+    loss = ohem.loss({"logits": x}, targets, has)["ce"]
+    assert loss.item() == pytest.approx(((wp * ce[hard]).sum() / wp.sum()).item(), rel=1e-5)
+    loss.backward()
+    g = x.grad.abs().sum(1)
+    assert (g[~hard] == 0).all()
+    assert g[hard & (masks == 2)].mean() > 5 * g[hard & (masks == 0)].mean()  # weight 3 against 0.2
+    assert "class_weight" not in head.state_dict()  # checkpoints load into heads with other weights
+    for bad in ([1.0, 2.0], [1.0, 0.0, 1.0]):
+        with pytest.raises(ValueError, match="class_weight needs 3 positive numbers"):
+            SegmentationHead("seg", 8, 3, class_weight=bad)
+
+
+def test_class_weight_config_names_the_key():
+    from visionmtl.config import ConfigError, config_from_dict
+
+    task = {"type": "segmentation", "classes": ["road", "car", "sky"]}
+    cfg = config_from_dict({"tasks": {"seg": {**task, "head": {"class_weight": [1, 2, 3]}}}})
+    assert cfg.tasks["seg"].head["class_weight"] == [1, 2, 3]
+    for bad in ([1, 2], [1, -1, 2], "heavy"):
+        with pytest.raises(ConfigError, match=r"tasks\.seg\.head\.class_weight.*3 positive numbers.*road, car, sky"):
+            config_from_dict({"tasks": {"seg": {**task, "head": {"class_weight": bad}}}})
+
+
 @pytest.mark.parametrize("classes", [5, 300])
 def test_predict_upsamples_the_label_map_to_larger_originals(classes):
     """Frames larger than the input get the input-size arg-max, nearest-resized (uint8 or not)."""

@@ -18,6 +18,7 @@ A sample that fails is recorded and the report goes on: it never stops at the fi
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -132,6 +133,15 @@ class _Stats:
             present.update(self.name(int(c)) for c in np.asarray(raw["labels"]).reshape(-1))
         self.images_per_class.update(present - {self.background})
 
+    def enet_weights(self) -> list[float]:
+        """ENet's class weights ``1 / ln(1.02 + p_c)`` (``p_c``: the class's share of the labelled
+        pixels), normalised to mean 1, in mask class order; ``[]`` without masks."""
+        total = sum(self.pixels_per_class.values())
+        if not total:
+            return []
+        w = [1.0 / math.log(1.02 + self.pixels_per_class.get(c, 0) / total) for c in self.mask_classes]
+        return [round(x * len(w) / sum(w), 3) for x in w]
+
     def summary(self) -> dict:
         def dist(v: list[float]) -> dict:
             if not v:
@@ -153,6 +163,7 @@ class _Stats:
             "image_sizes": ranked(self.sizes), "classes": self.classes,
             "boxes": int(sum(self.boxes_per_class.values())), "boxes_per_class": ranked(self.boxes_per_class),
             "images_per_class": ranked(self.images_per_class), "pixels_per_class": ranked(self.pixels_per_class),
+            "mask_classes": self.mask_classes, "class_weight_enet": self.enet_weights(),
             "box_side": dist(self.box_side), "box_aspect": dist(self.box_aspect),
             # COCO's size bins by area: small < 32^2 <= medium < 96^2 <= large
             "box_size_bins": dict(zip(("small", "medium", "large"),
@@ -237,6 +248,9 @@ def format_report(entries: list[dict], top: int = 10, listed: int = 5) -> str:
                               ("pixels_per_class", "pixels")):
                 if e[key]:
                     lines.append(f"   {what} per class (top {top}): {_top(e[key], top)}")
+            if e.get("class_weight_enet"):
+                lines.append(f"   class weights 1/ln(1.02+p), mean 1, for the classes {', '.join(e['mask_classes'])}: "
+                             f"head.class_weight: [{', '.join(f'{w:g}' for w in e['class_weight_enet'])}]")
             for key, what in (("box_side", "box side px"), ("box_aspect", "box aspect w/h")):
                 s = e[key]
                 if s["count"]:

@@ -8,6 +8,7 @@ averages the class probabilities after mirroring the second pass back.
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import TaskType, check_ranges, mask_lut, require
 
 __all__ = ["SegmentationTask"]
@@ -16,7 +17,7 @@ __all__ = ["SegmentationTask"]
 class SegmentationTask(TaskType):
     name = "segmentation"
     head_options = ("levels", "channels", "kind", "ignore_index", "atrous_rates", "detail", "detail_channels",
-                    "region_loss", "region_weight", "ohem_thresh", "ohem_min_kept")
+                    "region_loss", "region_weight", "ohem_thresh", "ohem_min_kept", "class_weight")
     target_keys = ("mask",)
     single = True
     draw_layer = 0
@@ -25,6 +26,13 @@ class SegmentationTask(TaskType):
         super().validate(name, task, where)
         check_ranges(name, task.head, {"channels": (1, 4096), "region_weight": (0.0, 1e3), "ohem_thresh": (0.0, 1.0),
                                        "ohem_min_kept": (0.0, 1.0), "ignore_index": (0, 255)}, where)
+        cw = task.head.get("class_weight")
+        if cw is not None:
+            key = f"tasks.{name}.head.class_weight"
+            ok = isinstance(cw, (list, tuple)) and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in cw)
+            if not ok or len(cw) != len(task.classes):
+                raise ConfigError(f"{where(key)}: key '{key}' must list {len(task.classes)} positive numbers, one per class "
+                                  f"({', '.join(task.classes[:4])}{', ...' if len(task.classes) > 4 else ''}), got {cw!r}")
 
     # ------------------------------------------------------------------ model
     def levels(self, head_cfg) -> tuple[str, ...]:

@@ -30,6 +30,12 @@ class is at most ``ohem_thresh`` count, and at least the ``ohem_min_kept`` fract
 batch's labelled pixels (the hardest ones). Easy background, most of every image, then stops
 diluting the loss of small objects and edges.
 
+``class_weight`` (one positive number per class, as MMSegmentation's ``CrossEntropyLoss``)
+weights each pixel's cross-entropy by its true class; the loss is the weighted mean
+``sum(w_y * ce) / sum(w_y)``, as ``F.cross_entropy(weight=...)``. With OHEM the hard pixels are
+still chosen by their unweighted probability. ``tools/dataset_info.py`` prints ENet's weights
+``1 / ln(1.02 + p_c)`` (normalised to mean 1) for a mask dataset, ready to paste.
+
 Logits stay at the output stride in :meth:`forward`; :meth:`loss` and :meth:`predict` upsample.
 """
 
@@ -150,6 +156,7 @@ class SegmentationHead(nn.Module):
         region_weight: its weight.
         ohem_thresh: OHEM probability threshold in ``(0, 1]``; 0 = plain cross-entropy.
         ohem_min_kept: fraction of labelled pixels OHEM keeps at least, in ``(0, 1]``.
+        class_weight: ``None`` or one positive cross-entropy weight per class.
     """
 
     def __init__(
@@ -169,6 +176,7 @@ class SegmentationHead(nn.Module):
         region_weight: float = 1.0,
         ohem_thresh: float = 0.0,
         ohem_min_kept: float = 0.1,
+        class_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -181,6 +189,15 @@ class SegmentationHead(nn.Module):
             raise ValueError(f"task '{task}': ohem_thresh must be in [0, 1] and ohem_min_kept in (0, 1], "
                              f"got {ohem_thresh} and {ohem_min_kept}")
         self.ohem_thresh, self.ohem_min_kept = float(ohem_thresh), float(ohem_min_kept)
+        if class_weight is not None:
+            class_weight = [float(w) for w in class_weight]
+            if len(class_weight) != num_classes or min(class_weight) <= 0:
+                raise ValueError(f"task '{task}': class_weight needs {num_classes} positive numbers (one per class), "
+                                 f"got {class_weight}")
+            # not persistent: a checkpoint loads into a head with other (or no) weights
+            self.register_buffer("class_weight", torch.tensor(class_weight), persistent=False)
+        else:
+            self.class_weight = None
         if isinstance(levels, str):
             levels = (levels,)
         self.levels = tuple(levels) if levels else default_levels(kind)
@@ -292,6 +309,8 @@ class SegmentationHead(nn.Module):
         keep = masks != self.ignore_index
         if self.ohem_thresh > 0:
             out = {key: self._ohem_ce(sel, masks, keep)}
+        elif self.class_weight is not None:
+            out = {key: F.cross_entropy(sel, masks, weight=self.class_weight.float(), ignore_index=self.ignore_index)}
         else:
             total = F.cross_entropy(sel, masks, ignore_index=self.ignore_index, reduction="sum")
             out = {key: total / keep.sum().clamp_min(1)}
@@ -302,7 +321,7 @@ class SegmentationHead(nn.Module):
 
     def _ohem_ce(self, logits: Tensor, masks: Tensor, keep: Tensor) -> Tensor:
         """Mean cross-entropy over the hard pixels: true-class probability <= the threshold, or
-        among the ``ohem_min_kept`` fraction with the lowest."""
+        among the ``ohem_min_kept`` fraction with the lowest; weighted by ``class_weight`` if set."""
         ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="none")[keep]
         if ce.numel() == 0:
             return logits.sum() * 0
@@ -311,7 +330,10 @@ class SegmentationHead(nn.Module):
             # p_true = exp(-ce); the k-th smallest p_true is exp(-(k-th largest ce))
             kth = ce.topk(k, sorted=False).values.min()
             hard = ce >= torch.minimum(kth, ce.new_tensor(-math.log(self.ohem_thresh)))
-        return ce[hard].mean()
+        if self.class_weight is None:
+            return ce[hard].mean()
+        w = self.class_weight.float()[masks[keep][hard]]
+        return (w * ce[hard]).sum() / w.sum()
 
     @torch.no_grad()
     def predict(
