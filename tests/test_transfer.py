@@ -36,7 +36,7 @@ def test_changed_classes_keep_their_rows_by_name(shapes_dir, tmp_path, source):
     from visionmtl.engine.checkpoint import inference_state, load_checkpoint
 
     old = inference_state(load_checkpoint(source))
-    new_cls = ["star", "hexagon", "circle"]  # reordered, one class gone, one new
+    new_cls = ["Star", "hexagon", "circle"]  # reordered, one class gone, one new, one up to case
     cfg = tiny_cfg(shapes_dir, tmp_path, max_iters=1, epochs=1)
     tree = cfg.to_dict()
     tree["tasks"]["cls"]["classes"] = new_cls
@@ -100,3 +100,10 @@ def test_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(1)], odd)
     with pytest.raises(CheckpointError, match="not a checkpoint or state dict"):
         load_from(torch.nn.Linear(1, 1), {}, str(odd))
+
+
+def test_rows_by_name_exact_first_then_up_to_case_when_unambiguous():
+    from visionmtl.engine.transfer import _rows_by_name
+
+    old = ["person", "car", "Car", "bicycle"]
+    assert _rows_by_name(old, ["Car", "car", "CAR", "Person", "Bicyclist"]) == [(0, 2), (1, 1), (3, 0)]

@@ -7,7 +7,8 @@ prefix). Parameters and buffers are matched by name and shape. A head whose clas
 keeps the model's fresh initialisation, except that when both class lists are known (the
 checkpoint's config and this one) the rows of its class-indexed tensors (dimension 0 of the
 size of the class list: the classifier's weight and bias) are carried over by class name, so a
-class both models know keeps what it learnt. One summary says what was loaded, carried by name,
+class both models know (by name, or by name up to case when that is unambiguous) keeps what it
+learnt. One summary says what was loaded, carried by name,
 re-initialised, missing and unexpected; the same goes to ``load_from.json`` in the work dir.
 """
 
@@ -57,6 +58,21 @@ def _old_classes(config: Optional[Mapping]) -> dict[str, list[str]]:
     return out
 
 
+def _rows_by_name(old: list[str], new: list[str]) -> list[tuple[int, int]]:
+    """``(new row, old row)`` for every class both lists name: the same name, else the same name
+    up to case (COCO's ``car`` is CamVid's ``Car``) when that is unambiguous in the old list."""
+    index = {c: i for i, c in enumerate(old)}
+    folded: dict[str, int | None] = {}
+    for i, c in enumerate(old):
+        folded[c.casefold()] = None if c.casefold() in folded else i
+    rows = []
+    for i, c in enumerate(new):
+        j = index.get(c, folded.get(c.casefold()))
+        if j is not None:
+            rows.append((i, j))
+    return rows
+
+
 def load_from(model: torch.nn.Module, tasks: Mapping[str, Any], path: str) -> dict:
     """Load ``path`` into ``model`` by name and shape (see the module docstring); return the summary.
 
@@ -90,8 +106,7 @@ def load_from(model: torch.nn.Module, tasks: Mapping[str, Any], path: str) -> di
         task = k.split(".")[1] if k.startswith("heads.") else None
         if task in old and task in new and src.dim() >= 1 and src.shape[0] == len(old[task]) \
                 and v.shape[0] == len(new[task]) and src.shape[1:] == v.shape[1:]:
-            index = {c: i for i, c in enumerate(old[task])}
-            rows = [(i, index[c]) for i, c in enumerate(new[task]) if c in index]
+            rows = _rows_by_name(old[task], new[task])
             t = v.clone()
             for i, j in rows:
                 t[i] = src[j].to(v.dtype)
