@@ -134,7 +134,7 @@ def test_dynamic_batch_and_size_with_metadata(ckpt, shapes_dir, tmp_path):
 
 def test_onnx_video_with_tracking_and_cli(ckpt, shapes_dir, tmp_path, capsys):
     """tools/infer.py on the .onnx: every frame of a video, tracking, the same detections as the checkpoint."""
-    from visionmtl.inference.track import render_frames, synthetic_sequence
+    from visionmtl.inference.mot import render_frames, synthetic_sequence
     from visionmtl.inference.video import write_video
 
     out = export_onnx(ckpt, tmp_path / "v.onnx", imgsz=64, batch=1, tasks="det,seg")

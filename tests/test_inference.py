@@ -26,7 +26,7 @@ from visionmtl.engine.checkpoint import CheckpointError
 from visionmtl.inference.outputs import rle_to_mask
 from visionmtl.inference.predictor import Predictor
 from visionmtl.inference.sources import Frame, LiveSource, Source, SourceInfo, VideoSource, open_source
-from visionmtl.inference.track import render_frames, synthetic_sequence
+from visionmtl.inference.mot import render_frames, synthetic_sequence
 from visionmtl.inference.video import check_display, model_only_fps, predict_stream, run_video, stream, write_video
 
 from .conftest import real_data

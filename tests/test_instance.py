@@ -291,7 +291,7 @@ def test_tracking_gives_instance_masks_their_objects_ids(shapes_dir, tmp_path):
     """With --track, the instance results keep the tracked boxes and carry the same ids."""
     from visionmtl.engine.trainer import Trainer
     from visionmtl.inference.predictor import Predictor
-    from visionmtl.inference.track import render_frames, synthetic_sequence
+    from visionmtl.inference.mot import render_frames, synthetic_sequence
     from visionmtl.inference.video import predict_stream, write_video
 
     cfg = tiny_cfg(shapes_dir, tmp_path, tasks=("det",), epochs=1, max_iters=2)

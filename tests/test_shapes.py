@@ -18,10 +18,9 @@ from visionmtl.data.shapes import (
     ensure_shapes,
     image_rng,
     make_shapes,
-    mask_to_segmentation,
     render_image,
-    segmentation_to_mask,
 )
+from visionmtl.rle import mask_to_segmentation, segmentation_to_mask
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "make_shapes.py"

@@ -5,19 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionmtl.inference.track import (
-    ByteTracker,
-    KalmanFilter,
+from visionmtl.inference.mot import (
     SyntheticSequence,
     clear_mot,
     evaluate_tracker,
-    iou_matrix,
     noisy_detections,
     render_frames,
     synthetic_sequence,
-    xyah_to_xyxy,
-    xyxy_to_xyah,
 )
+from visionmtl.inference.track import ByteTracker, KalmanFilter, iou_matrix, xyah_to_xyxy, xyxy_to_xyah
 
 
 def box(cx: float, cy: float, w: float = 20.0, h: float = 30.0) -> list[float]:

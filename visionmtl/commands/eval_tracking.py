@@ -33,7 +33,8 @@ def main(args) -> None:
     import numpy as np
 
     from visionmtl.files import write_text
-    from visionmtl.inference.track import ByteTracker, evaluate_tracker, synthetic_sequence
+    from visionmtl.inference.mot import evaluate_tracker, synthetic_sequence
+    from visionmtl.inference.track import ByteTracker
 
     detector = None
     if args.checkpoint:
