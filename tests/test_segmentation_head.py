@@ -205,6 +205,8 @@ def test_class_weight_weights_each_pixel_by_its_true_class():
     g = x.grad.abs().sum(1)
     assert (g[~hard] == 0).all()
     assert g[hard & (masks == 2)].mean() > 5 * g[hard & (masks == 0)].mean()  # weight 3 against 0.2
+    void = [{"mask": torch.full((16, 16), 255)}] * 2  # every pixel ignored: 0, not NaN
+    assert head.loss({"logits": logits}, void, has)["ce"].item() == 0
     assert "class_weight" not in head.state_dict()  # checkpoints load into heads with other weights
     for bad in ([1.0, 2.0], [1.0, 0.0, 1.0]):
         with pytest.raises(ValueError, match="class_weight needs 3 positive numbers"):

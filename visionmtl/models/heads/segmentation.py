@@ -309,11 +309,12 @@ class SegmentationHead(nn.Module):
         keep = masks != self.ignore_index
         if self.ohem_thresh > 0:
             out = {key: self._ohem_ce(sel, masks, keep)}
-        elif self.class_weight is not None:
-            out = {key: F.cross_entropy(sel, masks, weight=self.class_weight.float(), ignore_index=self.ignore_index)}
         else:
-            total = F.cross_entropy(sel, masks, ignore_index=self.ignore_index, reduction="sum")
-            out = {key: total / keep.sum().clamp_min(1)}
+            w = None if self.class_weight is None else self.class_weight.float()
+            total = F.cross_entropy(sel, masks, weight=w, ignore_index=self.ignore_index, reduction="sum")
+            # the weighted mean, as reduction="mean", but 0 (not NaN) when every pixel is ignored
+            denom = keep.sum() if w is None else w[masks[keep]].sum()
+            out = {key: total / denom.clamp_min(1e-12 if w is not None else 1)}
         if self.region_loss:
             probs = sel.softmax(dim=1).permute(0, 2, 3, 1)[keep]  # [P, C] over non-ignored pixels
             out[rkey] = self.region_weight * _REGION_LOSSES[self.region_loss](probs, masks[keep])
