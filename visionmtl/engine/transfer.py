@@ -8,8 +8,8 @@ keeps the model's fresh initialisation, except that when both class lists are kn
 checkpoint's config and this one) the rows of its class-indexed tensors (dimension 0 of the
 size of the class list: the classifier's weight and bias) are carried over by class name, so a
 class both models know (by name, or by name up to case when that is unambiguous) keeps what it
-learnt. One summary says what was loaded, carried by name,
-re-initialised, missing and unexpected; the same goes to ``load_from.json`` in the work dir.
+learnt. One summary says what was loaded, carried by name, re-initialised, missing and
+unexpected; the same goes to ``load_from.json`` in the work dir.
 """
 
 from __future__ import annotations
