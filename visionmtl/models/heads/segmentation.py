@@ -314,7 +314,7 @@ class SegmentationHead(nn.Module):
             total = F.cross_entropy(sel, masks, weight=w, ignore_index=self.ignore_index, reduction="sum")
             # the weighted mean, as reduction="mean", but 0 (not NaN) when every pixel is ignored
             denom = keep.sum() if w is None else w[masks[keep]].sum()
-            out = {key: total / denom.clamp_min(1e-12 if w is not None else 1)}
+            out = {key: total / denom.float().clamp_min(1e-12)}
         if self.region_loss:
             probs = sel.softmax(dim=1).permute(0, 2, 3, 1)[keep]  # [P, C] over non-ignored pixels
             out[rkey] = self.region_weight * _REGION_LOSSES[self.region_loss](probs, masks[keep])
